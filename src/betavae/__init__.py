@@ -1,0 +1,7 @@
+"""betavae: disentangled representation learning with the β-VAE and its successors."""
+
+from betavae.training import TrainConfig, load, resume, train
+
+__version__ = "0.1.0"
+
+__all__ = ["TrainConfig", "__version__", "load", "resume", "train"]

@@ -1,0 +1,5 @@
+import sys
+
+from betavae.cli import main
+
+sys.exit(main())

@@ -1,0 +1,34 @@
+"""Atomic file writes: a temporary file in the same directory, flushed, synced, renamed into place.
+
+A kill at any moment leaves either the previous file or the new one, never a partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+
+def write_atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Call ``write(file)`` on a temporary file, then rename it to ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    write_atomic(Path(path), lambda f: f.write(json.dumps(value, indent=2) + "\n"), mode="w")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    write_atomic(Path(path), lambda f: f.write(data))

@@ -1,0 +1,6 @@
+"""Models: encoders, decoders and the VAE module."""
+
+from betavae.models.architectures import ARCHITECTURES, SUPPORTED_SIZES
+from betavae.models.vae import VAE, VAEOutput, build_model, is_convolutional
+
+__all__ = ["ARCHITECTURES", "SUPPORTED_SIZES", "VAE", "VAEOutput", "build_model", "is_convolutional"]

@@ -1,0 +1,58 @@
+"""What every objective is: ``objective(output, x, step) -> (loss, logs)``.
+
+Objectives differ only in the regulariser they add to the reconstruction NLL. An objective that
+needs its own network and optimizer (FactorVAE's discriminator) owns them: the training loop calls
+:meth:`Objective.update_auxiliary` after each VAE step and never branches on an objective's name.
+Logs are tensors (no device sync); the loop reads them only on logging steps.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from betavae.objectives.gaussian import kl_to_standard_normal
+from betavae.objectives.likelihoods import reconstruction_nll
+
+if TYPE_CHECKING:
+    from betavae.models.vae import VAEOutput
+
+
+class Objective(nn.Module):
+    """Base class: a loss on a :class:`VAEOutput`, plus optional auxiliary training."""
+
+    name: str = "objective"
+
+    def __init__(self, likelihood: str = "bernoulli", likelihood_scale: float = 0.1):
+        super().__init__()
+        self.likelihood = likelihood
+        self.likelihood_scale = likelihood_scale
+
+    def core_terms(self, output: VAEOutput, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Reconstruction NLL and KL (batch means, nats) and the log keys every objective shares."""
+        reconstruction = reconstruction_nll(output.recon, x, self.likelihood, self.likelihood_scale).mean()
+        kl_per_dim = kl_to_standard_normal(output.mu, output.logvar).mean(0)  # (z,)
+        kl = kl_per_dim.sum()
+        logs = {
+            "reconstruction": reconstruction,
+            "kl": kl,
+            "kl_per_dim": kl_per_dim,
+            "elbo": -(reconstruction + kl),
+        }
+        return reconstruction, kl, logs
+
+    def forward(self, output: VAEOutput, x: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def update_auxiliary(self, output: VAEOutput, x: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        """Train the objective's own networks after the VAE step; returns extra logs."""
+        return {}
+
+    def auxiliary_state(self) -> dict[str, Any]:
+        """State outside ``state_dict()`` to checkpoint (e.g. an optimizer's); JSON and tensors."""
+        return {}
+
+    def load_auxiliary_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`auxiliary_state` returned."""

@@ -1,0 +1,139 @@
+"""Checkpoints: tensors in safetensors, everything else in JSON, so loading never unpickles.
+
+A checkpoint is a directory ``RUN/checkpoints/step-NNNNNNNN/`` holding ``tensors.safetensors`` and
+``state.json``. It is written under a temporary name and renamed into place, so a kill during a
+write leaves the previous checkpoints intact; the newest ``keep`` are kept.
+
+Nested states (optimizer state dicts, RNG states, objective states) are flattened: every tensor
+goes to the safetensors file under a path-like key and is replaced in the JSON skeleton by a
+reference to that key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from betavae.errors import CheckpointError
+from betavae.files import write_json_atomic
+
+CHECKPOINT_DIR = "checkpoints"
+FORMAT_VERSION = 1
+
+
+def flatten_state(value: Any, tensors: dict[str, torch.Tensor], prefix: str = "s") -> Any:
+    """A JSON-able skeleton of ``value``; its tensors are moved into ``tensors``."""
+    if isinstance(value, torch.Tensor):
+        tensors[prefix] = value.detach().to("cpu").contiguous().clone()
+        return {"__tensor__": prefix}
+    if isinstance(value, dict):
+        return {"__dict__": [[k, flatten_state(v, tensors, f"{prefix}.{k}")] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [flatten_state(v, tensors, f"{prefix}.{i}") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot checkpoint a value of type {type(value).__name__}")
+
+
+def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten_state`."""
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            key = skeleton["__tensor__"]
+            if key not in tensors:
+                raise CheckpointError(f"checkpoint refers to tensor '{key}', which its tensor file lacks.")
+            return tensors[key]
+        if "__dict__" in skeleton:
+            return {k: unflatten_state(v, tensors) for k, v in skeleton["__dict__"]}
+        if "__tuple__" in skeleton:
+            return tuple(unflatten_state(v, tensors) for v in skeleton["__tuple__"])
+        raise CheckpointError("checkpoint state has an object of unknown form.")
+    if isinstance(skeleton, list):
+        return [unflatten_state(v, tensors) for v in skeleton]
+    return skeleton
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
+    """Write ``state`` as the checkpoint for ``step`` atomically; prune all but the newest ``keep``."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = flatten_state(state, tensors)
+    save_file(tensors, str(tmp / "tensors.safetensors"))
+    with open(tmp / "tensors.safetensors", "rb+") as f:
+        os.fsync(f.fileno())
+    write_json_atomic(tmp / "state.json", {"format": FORMAT_VERSION, "step": step, "state": skeleton})
+    if final.exists():  # an older checkpoint of the same step (a resumed run re-reaching it)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint directories of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The state saved by :func:`save_checkpoint` in ``path``, validated."""
+    path = Path(path)
+    state_path, tensor_path = path / "state.json", path / "tensors.safetensors"
+    if not state_path.is_file() or not tensor_path.is_file():
+        raise CheckpointError(f"{path} is not a betavae checkpoint (state.json and tensors.safetensors expected).")
+    try:
+        meta = json.loads(state_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{state_path} is not valid JSON ({exc}); the checkpoint is damaged.") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION or "state" not in meta:
+        raise CheckpointError(f"{state_path} is not a betavae checkpoint of format {FORMAT_VERSION}.")
+    tensors = load_tensors(tensor_path)
+    return unflatten_state(meta["state"], tensors)
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file, with a clear error for anything else (pickles included)."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({exc}). betavae never loads pickled files; "
+            "the file may be truncated or of another format."
+        ) from exc
+
+
+def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """``module.load_state_dict(state)`` with a clear error on missing, extra or misshapen tensors."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise CheckpointError(
+            f"{source} does not match the model: missing {missing[:5]}, unexpected {extra[:5]}. "
+            "Was it written for another architecture or latent size?"
+        )
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{source}: tensor '{key}' has shape {tuple(state[key].shape)}, the model expects "
+                f"{tuple(tensor.shape)}. Was it written for another architecture or latent size?"
+            )
+    module.load_state_dict(state)

@@ -1,0 +1,130 @@
+"""The training configuration: one flat, typed dataclass saved with every run and checkpoint.
+
+Each field's ``metadata["help"]`` is its documentation and the help text of its command-line flag
+(``--field-name``), so the CLI and the config cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from betavae.data import DATASETS
+from betavae.errors import CheckpointError, ConfigError
+from betavae.files import write_json_atomic
+from betavae.models import ARCHITECTURES
+from betavae.objectives import LIKELIHOODS, OBJECTIVES
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run."""
+
+    # Data
+    dataset: str = _opt("dsprites", "named dataset, rendered procedurally (no download)", choices=tuple(DATASETS))
+    data: str | None = _opt(None, "path to a data file instead of --dataset: the original dSprites .npz, or a .npy/.npz image array")
+    # Model
+    arch: str = _opt("burgess", "network architecture", choices=tuple(ARCHITECTURES))
+    latents: int = _opt(10, "number of latent dimensions")
+    # Objective
+    objective: str = _opt("beta", "training objective", choices=tuple(OBJECTIVES))
+    beta: float = _opt(4.0, "weight β of the KL term (β = 1 is the plain VAE; β > 1 favours disentanglement)")
+    likelihood: str = _opt("bernoulli", "reconstruction likelihood p(x|z)", choices=LIKELIHOODS)
+    likelihood_scale: float = _opt(0.1, "fixed σ of the gaussian likelihood or b of the laplace likelihood")
+    # Optimisation
+    steps: int = _opt(20000, "number of optimisation steps")
+    batch_size: int = _opt(64, "images per step")
+    lr: float = _opt(5e-4, "Adam learning rate")
+    seed: int = _opt(0, "random seed (weights, batches and sampling noise)")
+    device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    # Output
+    out: str | None = _opt(None, "run directory (default: runs/<dataset>-<objective>-beta<β>-seed<seed>)")
+    overwrite: bool = _opt(False, "replace an existing run directory made by betavae")
+    log_every: int = _opt(100, "log averaged training terms every N steps")
+    checkpoint_every: int = _opt(1000, "write a checkpoint every N steps (the last few are kept)")
+    collapse_threshold: float = _opt(0.1, "a latent dimension whose KL (nats) stays below this counts as collapsed")
+    figures: bool = _opt(True, "draw figures at the end of training (--no-figures to skip)")
+
+    def run_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        name = self.data and Path(self.data).stem or self.dataset
+        return Path("runs") / f"{name}-{self.objective}-beta{self.beta:g}-seed{self.seed}"
+
+    def validate(self) -> "TrainConfig":
+        """Check every value; raise :class:`ConfigError` naming the first bad one and the fix."""
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices and not (f.name == "dataset" and self.data):
+                raise ConfigError(f"unknown {f.name} '{value}'; choose one of: {', '.join(choices)}.")
+        _positive_int(self, "latents", "steps", "batch_size", "log_every", "checkpoint_every")
+        for name in ("beta", "collapse_threshold"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}.")
+        for name in ("lr", "likelihood_scale"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {value!r}.")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be a whole number >= 0, got {self.seed!r}.")
+        if self.device != "auto" and self.device != "cpu" and not (
+            self.device == "cuda" or (self.device.startswith("cuda:") and self.device[5:].isdigit())
+        ):
+            raise ConfigError(f"unknown device '{self.device}'; use auto, cpu, cuda or cuda:N.")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown config keys {unknown}; this betavae knows: {', '.join(sorted(known))}. "
+                "The file may come from another version or not be a betavae config."
+            )
+        return cls(**values)
+
+    def save(self, path: Path) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "TrainConfig":
+        """The config saved in ``run_dir/config.json`` (or a config file path)."""
+        path = Path(run_dir)
+        path = path / "config.json" if path.is_dir() else path
+        if not path.is_file():
+            raise CheckpointError(f"{path} does not exist; is {run_dir} a betavae run directory?")
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path} is not valid JSON ({exc}); the run's config is damaged.") from exc
+        if not isinstance(values, dict):
+            raise CheckpointError(f"{path} does not hold a config object.")
+        try:
+            return cls.from_dict(values)
+        except (ConfigError, TypeError) as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def _positive_int(config: TrainConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}.")
+
+
+def field_defaults() -> dict[str, Any]:
+    """Each config field's default value."""
+    return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}

@@ -1,0 +1,95 @@
+"""Where training terms go: ``metrics.jsonl``, TensorBoard event files, and the terminal."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from betavae.files import write_atomic
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def truncate_metrics(run_dir: Path, last_step: int) -> None:
+    """Drop logged records after ``last_step`` (used when resuming from a checkpoint)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    write_atomic(path, lambda f: f.write("".join(line + "\n" for line in kept)), mode="w")
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every record of ``RUN/metrics.jsonl``."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
+
+
+class TrainingLog:
+    """Writes each logged record to JSONL and TensorBoard and shows progress on the terminal.
+
+    On a terminal a progress bar shows step, reconstruction, KL and β·KL; elsewhere (a file, CI) one
+    plain line is printed per logged record.
+    """
+
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, stream: TextIO | None = None,
+                 tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.stream = stream or sys.stderr
+        self.total_steps = total_steps
+        self._jsonl = open(self.run_dir / METRICS_FILE, "a", buffering=1)
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step or None)
+        self._bar = None
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, file=self.stream, unit="step", dynamic_ncols=True)
+
+    def advance(self, steps: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(steps)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._jsonl.write(json.dumps(record) + "\n")
+        step = record["step"]
+        if self._writer is not None:
+            for key, value in record.items():
+                if key == "kl_per_dim":
+                    self._writer.add_scalars("kl_per_dim", {f"z{i}": v for i, v in enumerate(value)}, step)
+                elif isinstance(value, (int, float)) and key != "step":
+                    self._writer.add_scalar(key, value, step)
+        summary = (
+            f"recon {_fmt(record['reconstruction'])}  KL {_fmt(record['kl'])}  "
+            f"β·KL {_fmt(record.get('weighted_kl', float('nan')))}  active {record['active_dims']}"
+        )
+        if self._bar is not None:
+            self._bar.set_postfix_str(summary, refresh=False)
+        else:
+            print(f"step {step}/{self.total_steps}  {summary}  {record['images_per_second']:.0f} img/s",
+                  file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._writer is not None:
+            self._writer.close()
+        self._jsonl.close()

@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from betavae.errors import ConfigError
+from betavae.models import ARCHITECTURES, build_model
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+@pytest.mark.parametrize("size,channels", [(32, 3), (64, 1), (128, 1)])
+def test_shapes(arch, size, channels):
+    model = build_model(arch, latents=7, image_shape=(channels, size, size))
+    x = torch.rand(3, channels, size, size)
+    mu, logvar = model.encode(x)
+    assert mu.shape == logvar.shape == (3, 7)
+    assert model.decode(mu).shape == x.shape
+    out = model(x)
+    assert out.z.shape == (3, 7) and out.recon.shape == x.shape
+
+
+def test_published_burgess_layout_at_64_pixels():
+    model = build_model("burgess", 10, (1, 64, 64))
+    convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [(32, (4, 4), (2, 2))] * 4
+    linears = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(512, 256), (256, 256), (256, 20)]
+
+
+def test_published_locatello_layout_at_64_pixels():
+    model = build_model("locatello", 10, (1, 64, 64))
+    convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size[0]) for c in convs] == [(32, 4), (32, 4), (64, 2), (64, 2)]
+    deconvs = [m for m in model.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [d.out_channels for d in deconvs] == [64, 32, 32, 1]
+
+
+def test_bad_model_arguments():
+    with pytest.raises(ConfigError, match="latents must be at least 1"):
+        build_model("burgess", 0, (1, 64, 64))
+    with pytest.raises(ConfigError, match="unknown architecture"):
+        build_model("resnet", 10, (1, 64, 64))
+    with pytest.raises(ConfigError, match="square images of 32, 64, 128"):
+        build_model("burgess", 10, (1, 48, 48))

@@ -1,0 +1,125 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import betavae
+from betavae.errors import CheckpointError, ConfigError
+from betavae.training.checkpoint import list_checkpoints, load_checkpoint
+from betavae.training.logging import read_metrics
+
+CORE_KEYS = {"step", "reconstruction", "kl", "weighted_kl", "loss", "elbo", "kl_per_dim", "active_dims", "beta",
+             "images_per_second"}
+
+
+def _config(small_npy, out, **kw):
+    values = dict(data=str(small_npy), steps=40, batch_size=16, lr=1e-3, latents=4, log_every=10,
+                  checkpoint_every=20, out=str(out), figures=False)
+    values.update(kw)
+    return betavae.TrainConfig(**values)
+
+
+def test_training_loss_falls_and_logs_every_term(small_npy, tmp_path):
+    run = betavae.train(_config(small_npy, tmp_path / "run", steps=150, log_every=25, checkpoint_every=75))
+    records = read_metrics(run)
+    assert [r["step"] for r in records] == [25, 50, 75, 100, 125, 150]
+    assert CORE_KEYS <= set(records[0])
+    assert records[-1]["loss"] < 0.6 * records[0]["loss"]
+    for r in records:
+        assert len(r["kl_per_dim"]) == 4
+        assert r["kl"] == pytest.approx(sum(r["kl_per_dim"]), rel=1e-4)
+        assert r["weighted_kl"] == pytest.approx(4.0 * r["kl"], rel=1e-4)
+        assert r["loss"] == pytest.approx(r["reconstruction"] + r["weighted_kl"], rel=1e-4)
+    assert json.loads((run / "config.json").read_text())["steps"] == 150
+    diagnosis = json.loads((run / "diagnosis.json").read_text())
+    assert diagnosis["findings"] and diagnosis["kl_per_dim"] == records[-1]["kl_per_dim"]
+    assert any((run / "tensorboard").iterdir())
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000075", "step-00000150"]
+
+
+def test_same_seed_same_model_and_load(small_npy, tmp_path):
+    a = betavae.train(_config(small_npy, tmp_path / "a"))
+    b = betavae.train(_config(small_npy, tmp_path / "b"))
+    ta, tb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    model = betavae.load(a)
+    assert not model.training and model.latents == 4
+    mu, _ = model.encode(torch.zeros(2, 1, 64, 64))
+    assert mu.shape == (2, 4)
+
+
+def test_resume_continues_to_the_same_result(small_npy, tmp_path):
+    straight = betavae.train(_config(small_npy, tmp_path / "straight"))
+    part = betavae.train(_config(small_npy, tmp_path / "part", steps=20))
+    betavae.resume(part, steps=40)
+    ta, tb = load_file(straight / "model.safetensors"), load_file(part / "model.safetensors")
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    steps = [r["step"] for r in read_metrics(part)]
+    assert steps == [10, 20, 30, 40]
+    drop = {"images_per_second", "elapsed_seconds"}
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in drop} for r in rs]  # noqa: E731
+    assert strip(read_metrics(part)) == strip(read_metrics(straight))
+
+
+def test_existing_run_directory_is_never_touched(small_npy, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="already exists"):
+        betavae.train(_config(small_npy, out))
+    with pytest.raises(ConfigError, match="not a betavae run directory"):
+        betavae.train(_config(small_npy, out, overwrite=True))
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_nan_stops_training_and_keeps_the_last_checkpoint(small_npy, tmp_path):
+    # An absurd learning rate drives the loss to NaN/inf within a few steps.
+    with pytest.raises(betavae.errors.TrainingError, match="NaN or infinite"):
+        betavae.train(_config(small_npy, tmp_path / "nan", lr=1e12, steps=200))
+    assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+def test_checkpoint_round_trip_and_bad_files(tmp_path):
+    from betavae.training.checkpoint import save_checkpoint
+
+    state = {"step": 3, "opt": {"state": {0: {"exp_avg": torch.ones(2)}}, "betas": (0.9, 0.999)}, "x": [1, None]}
+    path = save_checkpoint(tmp_path, 3, state)
+    loaded = load_checkpoint(path)
+    assert loaded["opt"]["state"][0]["exp_avg"].tolist() == [1.0, 1.0]
+    assert loaded["opt"]["betas"] == (0.9, 0.999) and loaded["x"] == [1, None]
+    import pickle
+
+    (path / "tensors.safetensors").write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError, match="never loads pickled"):
+        load_checkpoint(path)
+    (path / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(path)
+
+
+def test_load_refuses_malformed_models(small_npy, tmp_path):
+    run = betavae.train(_config(small_npy, tmp_path / "run", steps=10))
+    good = (run / "model.safetensors").read_bytes()
+    (run / "model.safetensors").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="safetensors"):
+        betavae.load(run)
+    (run / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="has not finished"):
+        betavae.load(run)
+    config = json.loads((run / "config.json").read_text())
+    config["mystery"] = 1
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="unknown config keys"):
+        betavae.TrainConfig.load(run)
+
+
+def test_reconstruction_baseline_is_the_constant_image_nll():
+    from betavae.data import ArrayDataset
+    from betavae.training.diagnostics import reconstruction_baseline
+
+    images = np.zeros((4, 1, 32, 32), np.float32)
+    images[:2] = 1.0  # each pixel is 1 in half the images: the best constant is 0.5
+    baseline = reconstruction_baseline(ArrayDataset(images), "bernoulli", 0.1, np.random.default_rng(0))
+    assert baseline == pytest.approx(32 * 32 * np.log(2), rel=1e-4)
