@@ -109,7 +109,7 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     from betavae.training import TrainConfig as Config
     from betavae.training import load
     from betavae.training.logging import read_metrics
-    from betavae.training.loop import load_training_data
+    from betavae.data import dataset_from_config
 
     run_dir = Path(args.run)
     config = Config.load(run_dir)
@@ -119,7 +119,7 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     if not history or not diagnosis_path.is_file():
         raise BetaVAEError(f"{run_dir} has no finished training logs (metrics.jsonl, diagnosis.json); finish or resume the run first.")
     diagnosis = json.loads(diagnosis_path.read_text())
-    out = make_figures(run_dir, model, load_training_data(config), history, diagnosis, seed=args.seed)
+    out = make_figures(run_dir, model, dataset_from_config(config), history, diagnosis, seed=args.seed)
     print(f"figures written to {out}")
     return 0
 

@@ -35,6 +35,11 @@ def load_dataset(name: str | None = None, path: str | Path | None = None) -> Ima
     return DATASETS[name]()
 
 
+def dataset_from_config(config) -> ImageDataset:
+    """The training data a :class:`~betavae.training.config.TrainConfig` names."""
+    return load_dataset(None if config.data else config.dataset, config.data)
+
+
 def _is_dsprites_npz(path: Path) -> bool:
     with open_npz(path) as npz:
         return "latents_classes" in npz.files or "imgs" in npz.files
@@ -47,5 +52,6 @@ __all__ = [
     "GroundTruthDataset",
     "ImageDataset",
     "ImageStore",
+    "dataset_from_config",
     "load_dataset",
 ]

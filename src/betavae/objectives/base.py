@@ -46,6 +46,10 @@ class Objective(nn.Module):
     def forward(self, output: VAEOutput, x: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def weight_label(self) -> str:
+        """The objective's main regularisation weight in words (e.g. "β = 4"), for messages."""
+        return ""
+
     def update_auxiliary(self, output: VAEOutput, x: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         """Train the objective's own networks after the VAE step; returns extra logs."""
         return {}

@@ -27,6 +27,9 @@ class BetaVAE(Objective):
     def from_config(cls, config, dataset_size: int) -> "BetaVAE":
         return cls(config.beta, config.likelihood, config.likelihood_scale)
 
+    def weight_label(self) -> str:
+        return f"β = {self.beta:g}"
+
     def beta_at(self, step: int) -> float:
         """The KL weight at ``step`` (constant here)."""
         return self.beta

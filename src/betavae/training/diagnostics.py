@@ -40,12 +40,15 @@ def reconstruction_baseline(
 
 def diagnose(
     record: dict[str, Any],
-    beta: float,
+    weight: str,
     collapse_threshold: float,
     baseline_reconstruction: float,
     dataset_size: int,
 ) -> dict[str, Any]:
-    """A diagnosis of the run from its last logged ``record``: findings in words, and their numbers."""
+    """A diagnosis of the run from its last logged ``record``: findings in words, and their numbers.
+
+    ``weight`` names the objective's regularisation weight (e.g. "β = 4") for the messages.
+    """
     kl_per_dim = [float(v) for v in record["kl_per_dim"]]
     kl = float(record["kl"])
     reconstruction = float(record["reconstruction"])
@@ -70,7 +73,7 @@ def diagnose(
             "code": "beta_too_high",
             "text": (
                 f"KL near zero ({kl:.3g} nats) while reconstruction stays poor ({reconstruction:.4g} nats per "
-                f"image, {100 * gain:.0f}% better than ignoring the latents): β = {beta:g} may be too high, or "
+                f"image, {100 * gain:.0f}% better than ignoring the latents): {weight} may be too high, or "
                 "the model too small. Try a lower β, a capacity schedule, or a longer run."
             ),
         })
@@ -80,15 +83,15 @@ def diagnose(
             "code": "beta_too_low",
             "text": (
                 f"KL stays high ({kl:.3g} nats, above log N = {kl_ceiling:.3g} nats for {dataset_size} distinct "
-                f"images): β = {beta:g} may be too low to press the latents toward independent factors."
+                f"images): {weight} may be too low to press the latents toward independent factors."
             ),
         })
-    if not collapsed and len(kl_per_dim) > 1 and beta <= 1:
+    if not collapsed and len(kl_per_dim) > 1 and weight in ("β = 0", "β = 1"):
         findings.append({
             "level": "info",
             "code": "all_dims_active",
             "text": (
-                f"Every latent dimension is in use at β = {beta:g}: nothing presses the code toward few "
+                f"Every latent dimension is in use at {weight}: nothing presses the code toward few "
                 "independent factors. Raise β if you want a disentangled code."
             ),
         })
@@ -103,7 +106,7 @@ def diagnose(
         })
     return {
         "step": int(record["step"]),
-        "beta": beta,
+        "weight": weight,
         "reconstruction": reconstruction,
         "baseline_reconstruction": baseline_reconstruction,
         "reconstruction_gain": gain,

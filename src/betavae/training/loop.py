@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from betavae.data import ImageDataset, load_dataset
+from betavae.data import ImageDataset, dataset_from_config
 from betavae.errors import CheckpointError, ConfigError, TrainingError
 from betavae.files import write_json_atomic
 from betavae.models import VAE, build_model, is_convolutional
@@ -47,10 +47,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_training_data(config: TrainConfig) -> ImageDataset:
-    return load_dataset(None if config.data else config.dataset, config.data)
-
-
 def prepare_run_dir(config: TrainConfig) -> Path:
     """Create the run directory; refuse to touch an existing one unless it is a run and overwrite is set."""
     run_dir = config.run_dir()
@@ -74,7 +70,7 @@ def train(config: TrainConfig, stream: TextIO | None = None) -> Path:
     """Train a model as ``config`` says; returns the run directory."""
     config.validate()
     resolve_device(config.device)
-    dataset = load_training_data(config)  # bad data is reported before the run directory is made
+    dataset = dataset_from_config(config)  # bad data is reported before the run directory is made
     check_image_shape(config.arch, dataset.image_shape)
     if config.batch_size > len(dataset):
         raise ConfigError(f"batch size {config.batch_size} exceeds the {len(dataset)} images of the dataset; lower --batch-size.")
@@ -100,7 +96,7 @@ def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None 
         )
     if steps is not None:
         config.save(run_dir / "config.json")
-    return _train(config, run_dir, load_training_data(config), state, stream)
+    return _train(config, run_dir, dataset_from_config(config), state, stream)
 
 
 def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint: dict[str, Any] | None,
@@ -132,7 +128,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     model_spec = {"arch": config.arch, "latents": config.latents, "image_shape": list(dataset.image_shape)}
     log = TrainingLog(run_dir, config.steps, start, stream)
     log.message(
-        f"betavae: training {config.objective} (β = {config.beta:g}) on {getattr(dataset, 'name', 'data')} "
+        f"betavae: training {config.objective} ({objective.weight_label()}) on {getattr(dataset, 'name', 'data')} "
         f"({len(dataset)} images {tuple(dataset.image_shape)}) with {config.arch}, {config.latents} latents, "
         f"on {device}; steps {start}..{config.steps}; run directory {run_dir}"
     )
@@ -183,7 +179,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
 
     save_model(run_dir / MODEL_FILE, model, model_spec)
     history = read_metrics(run_dir)
-    diagnosis = diagnose(history[-1], config.beta, config.collapse_threshold, baseline, len(dataset))
+    diagnosis = diagnose(history[-1], objective.weight_label(), config.collapse_threshold, baseline, len(dataset))
     write_json_atomic(run_dir / "diagnosis.json", diagnosis)
     log.message("betavae: diagnosis\n" + format_diagnosis(diagnosis))
     if config.figures:
