@@ -7,24 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import types
-import typing
 from dataclasses import fields
 from pathlib import Path
 
 from betavae.errors import BetaVAEError
-from betavae.training.config import TrainConfig
+from betavae.training.config import TrainConfig, field_type
 
 DEMO_STEPS = 2000
-
-
-def _field_type(annotation: object) -> type:
-    """The scalar type of a config field annotation such as ``int`` or ``str | None``."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {}, {})  # annotations are postponed strings like "str | None"
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return next(a for a in typing.get_args(annotation) if a is not type(None))
-    return annotation  # type: ignore[return-value]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -33,7 +22,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kind = _field_type(f.type)
+        kind = field_type(f.type)
         help_text = f.metadata.get("help", "")
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,

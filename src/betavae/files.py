@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 
 def write_atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -32,3 +33,16 @@ def write_json_atomic(path: Path, value: Any) -> None:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     write_atomic(Path(path), lambda f: f.write(data))
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path (same suffix) for a writer that wants a file name; renamed to ``path`` on success."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -77,10 +77,16 @@ def store_cached(name: str, array: np.ndarray, directory: Path | None = None) ->
     return data_path
 
 
-def load_or_build(name: str, build: Callable[[], np.ndarray], directory: Path | None = None) -> np.ndarray:
-    """The cached array ``name``, building and storing it first when missing or corrupt."""
+def load_or_build(name: str, build: Callable[[], np.ndarray], directory: Path | None = None,
+                  note: str = "") -> np.ndarray:
+    """The cached array ``name``, building and storing it first when missing or corrupt.
+
+    ``note`` (what is built, how long it takes) is printed to stderr before a build.
+    """
     array = load_cached(name, directory)
     if array is None:
+        if note:
+            print(f"betavae: {note}; cached in {directory or cache_dir()}", file=sys.stderr, flush=True)
         array = build()
         try:
             store_cached(name, array, directory)

@@ -14,6 +14,7 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from betavae.data.base import ImageDataset  # noqa: E402
+from betavae.files import atomic_output  # noqa: E402
 from betavae.models.vae import VAE  # noqa: E402
 from betavae.objectives.likelihoods import decoded_mean  # noqa: E402
 
@@ -40,7 +41,8 @@ def _to_uint8(grid: np.ndarray) -> np.ndarray:
 
 def _save_png(grid: np.ndarray, path: Path, scale: int = 2) -> None:
     img = Image.fromarray(_to_uint8(grid))
-    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+    with atomic_output(path) as tmp:
+        img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(tmp)
 
 
 @torch.no_grad()
@@ -98,7 +100,8 @@ def plot_traversals(model: VAE, image: np.ndarray, kl_per_dim: list[float], coll
     axes[0, 0].set_title(f"latent traversals, z from {-TRAVERSAL_RANGE:g} to {TRAVERSAL_RANGE:g} (rows sorted by KL, nats)",
                          fontsize=9)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
+    with atomic_output(png_path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
     # GIF: frame t shows every dim (one tile each, KL order) at value t, sweeping forth and back.
@@ -113,7 +116,8 @@ def plot_traversals(model: VAE, image: np.ndarray, kl_per_dim: list[float], coll
         canvas.paste(img, (0, 16))
         ImageDraw.Draw(canvas).text((4, 2), f"z = {values[t]:+.1f}  (dims in KL order)", fill="black")
         frames.append(canvas)
-    frames[0].save(gif_path, save_all=True, append_images=frames[1:], duration=120, loop=0)
+    with atomic_output(gif_path) as tmp:
+        frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=120, loop=0)
 
 
 def plot_training_curves(history: list[dict[str, Any]], path: Path, collapse_threshold: float) -> None:
@@ -139,7 +143,8 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path, collapse_thr
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from betavae.errors import CheckpointError
-from betavae.files import write_json_atomic
+from betavae.errors import CheckpointError, TrainingError
+from betavae.files import write_bytes_atomic, write_json_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT_VERSION = 1
@@ -67,16 +67,23 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int =
     root = Path(run_dir) / CHECKPOINT_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
+    for stale in root.glob(".tmp-step-*"):  # left by a run killed while writing
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten_state(state, tensors)
-    save_file(tensors, str(tmp / "tensors.safetensors"))
-    with open(tmp / "tensors.safetensors", "rb+") as f:
-        os.fsync(f.fileno())
-    write_json_atomic(tmp / "state.json", {"format": FORMAT_VERSION, "step": step, "state": skeleton})
+    try:
+        write_bytes_atomic(tmp / "tensors.safetensors", save(tensors))
+        write_json_atomic(tmp / "state.json", {"format": FORMAT_VERSION, "step": step, "state": skeleton})
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = list_checkpoints(run_dir)
+        kept = f"the last good checkpoint, {previous[-1]}, is intact" if previous else "no earlier checkpoint exists"
+        raise TrainingError(
+            f"could not write the checkpoint of step {step} in {root} ({exc.strerror or exc}); {kept}. "
+            f"Free disk space (or fix the permissions), then resume with 'betavae train --resume {run_dir}'."
+        ) from exc
     if final.exists():  # an older checkpoint of the same step (a resumed run re-reaching it)
         shutil.rmtree(final)
     os.rename(tmp, final)

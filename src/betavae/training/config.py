@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import types
+import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,10 @@ class TrainConfig:
     out: str | None = _opt(None, "run directory (default: runs/<dataset>-<objective>-beta<β>-seed<seed>)")
     overwrite: bool = _opt(False, "replace an existing run directory made by betavae")
     log_every: int = _opt(100, "log averaged training terms every N steps")
-    checkpoint_every: int = _opt(1000, "write a checkpoint every N steps (the last few are kept)")
+    checkpoint_every: int = _opt(1000, "write a checkpoint every N steps")
+    keep_checkpoints: int = _opt(3, "how many of the newest checkpoints to keep")
+    skip_nonfinite: int = _opt(0, "skip up to N steps whose loss or gradients are NaN/inf instead of stopping "
+                                  "(checks every step: one device sync per step)")
     collapse_threshold: float = _opt(0.1, "a latent dimension whose KL (nats) stays below this counts as collapsed")
     figures: bool = _opt(True, "draw figures at the end of training (--no-figures to skip)")
 
@@ -61,11 +66,15 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check every value; raise :class:`ConfigError` naming the first bad one and the fix."""
         for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
+        for f in fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value not in choices and not (f.name == "dataset" and self.data):
                 raise ConfigError(f"unknown {f.name} '{value}'; choose one of: {', '.join(choices)}.")
-        _positive_int(self, "latents", "steps", "batch_size", "log_every", "checkpoint_every")
+        _positive_int(self, "latents", "steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints")
+        if self.skip_nonfinite < 0:
+            raise ConfigError(f"skip_nonfinite must be a whole number >= 0, got {self.skip_nonfinite}.")
         for name in ("beta", "collapse_threshold"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -116,6 +125,27 @@ class TrainConfig:
             return cls.from_dict(values)
         except (ConfigError, TypeError) as exc:
             raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def field_type(annotation: object) -> type:
+    """The scalar type of a field annotation such as ``int`` or ``"str | None"``."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {}, {})  # postponed annotations of builtin types, e.g. "str | None"
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation  # type: ignore[return-value]
+
+
+def _check_type(name: str, value: Any, annotation: object) -> None:
+    kind = field_type(annotation)
+    optional = isinstance(annotation, str) and "None" in annotation
+    if value is None and optional:
+        return
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok:
+        raise ConfigError(f"{name} must be of type {kind.__name__}, got {value!r} ({type(value).__name__}).")
 
 
 def _positive_int(config: TrainConfig, *names: str) -> None:

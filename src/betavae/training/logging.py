@@ -18,7 +18,7 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    kept = [line for line, record in _parse(path) if record["step"] <= last_step]
     write_atomic(path, lambda f: f.write("".join(line + "\n" for line in kept)), mode="w")
 
 
@@ -27,7 +27,18 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for _, record in _parse(path)]
+
+
+def _parse(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) pairs; a partial last line (a kill during a write) is dropped."""
+    pairs = []
+    for line in path.read_text().splitlines():
+        try:
+            pairs.append((line, json.loads(line)))
+        except ValueError:
+            continue
+    return pairs
 
 
 def _fmt(value: float) -> str:

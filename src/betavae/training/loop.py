@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,11 +19,11 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from betavae.data import ImageDataset, dataset_from_config
 from betavae.errors import CheckpointError, ConfigError, TrainingError
-from betavae.files import write_json_atomic
+from betavae.files import write_bytes_atomic, write_json_atomic
 from betavae.models import VAE, build_model, is_convolutional
 from betavae.models.architectures import check_image_shape
 from betavae.objectives import build_objective
@@ -86,16 +87,21 @@ def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None 
     if steps is not None:
         config.steps = steps
     config.validate()
-    checkpoints = list_checkpoints(run_dir)
-    if not checkpoints:
-        raise CheckpointError(f"{run_dir} has no checkpoint to resume from; start the run again with 'betavae train'.")
-    state = load_checkpoint(checkpoints[-1])
-    if state["step"] >= config.steps:
+    state = None
+    for path in reversed(list_checkpoints(run_dir)):  # the newest intact one
+        try:
+            state = load_checkpoint(path)
+            break
+        except CheckpointError as exc:
+            print(f"betavae: skipping damaged checkpoint {path}: {exc}", file=stream or sys.stderr)
+    finished = state is not None and state["step"] >= config.steps
+    if finished and (run_dir / MODEL_FILE).exists():
         raise ConfigError(
             f"{run_dir} already reached step {state['step']} of {config.steps}; pass a larger --steps to train further."
         )
     if steps is not None:
         config.save(run_dir / "config.json")
+    # No checkpoint yet (killed early): start again from step 0 in the same directory.
     return _train(config, run_dir, dataset_from_config(config), state, stream)
 
 
@@ -111,7 +117,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = torch.Generator(device).manual_seed(config.seed)
     sums: dict[str, Any] = {}  # logged terms summed since the last log step
-    sums_count = start = 0
+    sums_count = start = skipped = 0
     if checkpoint is not None:
         load_module_state(model, checkpoint["model"], run_dir)
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -120,8 +126,9 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
         generator.set_state(checkpoint["generator"])
         sums = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in checkpoint["log_sums"].items()}
         sums_count = checkpoint["log_count"]
+        skipped = checkpoint.get("skipped_steps", 0)
         start = checkpoint["step"]
-        truncate_metrics(run_dir, start)
+    truncate_metrics(run_dir, start)  # records after the checkpoint are written again
 
     store = dataset.training_store(device)
     baseline = reconstruction_baseline(dataset, config.likelihood, config.likelihood_scale, np.random.default_rng(config.seed))
@@ -144,6 +151,17 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
             loss, logs = objective(output, x, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.skip_nonfinite and not _step_is_finite(loss, model):
+                skipped += 1
+                log.message(f"betavae: step {step + 1}: loss or gradients are NaN/inf; step skipped "
+                            f"({skipped} of at most {config.skip_nonfinite})")
+                if skipped > config.skip_nonfinite:
+                    raise TrainingError(
+                        f"more than {config.skip_nonfinite} steps had NaN/inf loss or gradients (--skip-nonfinite); "
+                        f"lower --lr (now {config.lr:g}) or β and train again."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                continue
             optimizer.step()
             logs.update(objective.update_auxiliary(output, x, step))
             for key, value in logs.items():  # summed on the device: no sync here
@@ -156,7 +174,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
             is_log_step = done % config.log_every == 0 or done == config.steps
             is_checkpoint_step = done % config.checkpoint_every == 0 or done == config.steps
             if is_log_step or is_checkpoint_step:
-                _check_finite(sums, done, config, run_dir)
+                _check_finite(sums, model, done, config, run_dir)
             if is_log_step:
                 elapsed = time.perf_counter() - interval_start
                 speed = interval_steps * config.batch_size / elapsed
@@ -173,7 +191,8 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
                     "generator": generator.get_state(),
                     "log_sums": sums,
                     "log_count": sums_count,
-                })
+                    "skipped_steps": skipped,
+                }, keep=config.keep_checkpoints)
     finally:
         log.close()
 
@@ -191,15 +210,25 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     return run_dir
 
 
-def _check_finite(sums: dict[str, Any], step: int, config: TrainConfig, run_dir: Path) -> None:
+def _step_is_finite(loss: torch.Tensor, model: VAE) -> bool:
+    """Whether the loss and every gradient are finite (one device sync)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    total = loss.detach() + sum(g.sum() for g in grads) * 0.0  # NaN/inf anywhere makes this non-finite
+    return bool(torch.isfinite(total))
+
+
+def _check_finite(sums: dict[str, Any], model: VAE, step: int, config: TrainConfig, run_dir: Path) -> None:
+    """Stop with a clear message when the logged loss or the weights are NaN/inf (before any checkpoint)."""
     loss = sums.get("loss")
-    if loss is not None and not math.isfinite(float(loss)):
+    bad_loss = loss is not None and not math.isfinite(float(loss))
+    if bad_loss or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         checkpoints = list_checkpoints(run_dir)
         kept = f"The last good checkpoint, {checkpoints[-1]}, is kept." if checkpoints else "No checkpoint had been written yet."
         raise TrainingError(
-            f"the loss became NaN or infinite by step {step}. Likely causes: a learning rate too high "
+            f"the loss or the weights became NaN or infinite by step {step}. Likely causes: a learning rate too high "
             f"(--lr {config.lr:g}), a very large β ({config.beta:g}), or a likelihood scale too small "
-            f"(--likelihood-scale {config.likelihood_scale:g}). {kept} Lower --lr and train again."
+            f"(--likelihood-scale {config.likelihood_scale:g}). {kept} Lower --lr and train again, or "
+            "pass --skip-nonfinite N to skip a few bad steps."
         )
 
 
@@ -217,10 +246,9 @@ def _record(sums: dict[str, Any], count: int, step: int, config: TrainConfig, im
 
 def save_model(path: Path, model: VAE, model_spec: dict[str, Any]) -> None:
     """Final weights as safetensors, the model's architecture in the file's metadata."""
-    tmp = path.with_name(f".{path.name}.tmp")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"betavae_model": json.dumps(model_spec)})
-    tmp.replace(path)
+    data = save(state, metadata={"betavae_model": json.dumps(model_spec)})
+    write_bytes_atomic(path, data)
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> VAE:
