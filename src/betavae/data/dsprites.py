@@ -63,12 +63,15 @@ _WINDOW = 32  # every shape fits in a 32x32 pixel window around its centre (radi
 def _inside(shape: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Whether unit-shape coordinates ``(u, v)`` (v pointing up) lie inside ``shape``.
 
-    Every unit shape fits inside the unit circle.
+    Shapes 0-2 are dSprites' square, ellipse and heart; 3 is an equilateral triangle (used by the
+    coloured-shapes dataset). Every unit shape fits inside the unit circle.
     """
     if shape == 0:  # square with its vertices on the unit circle
         return torch.maximum(u.abs(), v.abs()) <= 1.0 / math.sqrt(2.0)
     if shape == 1:  # ellipse with semi-axes 1 and 0.5
         return u * u + 4.0 * v * v <= 1.0
+    if shape == 3:  # equilateral triangle, vertices on the unit circle, one pointing up; inradius 1/2
+        return (v >= -0.5) & (0.5 * v + _HALF_SQRT3 * u <= 0.5) & (0.5 * v - _HALF_SQRT3 * u <= 0.5)
     # Classic implicit heart (x^2 + y^2 - 1)^3 - x^2 y^3 <= 0, which spans x in [-1.14, 1.14] and
     # y in [-1, 1.25]; its smallest enclosing circle has centre (0, 0.25) and radius 1.25, so this
     # shift and scale put it inside the unit circle.
@@ -77,40 +80,58 @@ def _inside(shape: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return t * t * t <= x2 * y * y * y
 
 
+_HALF_SQRT3 = math.sqrt(3.0) / 2.0
+
+
+def rasterise(shape: torch.Tensor, radius: torch.Tensor, angle: torch.Tensor, cx: torch.Tensor,
+              cy: torch.Tensor, image_size: int = IMAGE_SIZE) -> torch.Tensor:
+    """Binary masks ``(n, image_size, image_size)`` bool of shapes, one per row of the ``(n,)`` inputs.
+
+    ``shape``: shape id (see :func:`_inside`); ``radius``: bounding-circle radius in pixels (at most
+    ``_WINDOW / 2``); ``angle``: counter-clockwise rotation in radians; ``cx``, ``cy``: centre in pixels
+    (column, row), at least ``_WINDOW / 2`` from every edge. A pixel is on when its centre lies inside
+    the shape (no anti-aliasing). Vectorised over shapes: each is tested only on the
+    ``_WINDOW x _WINDOW`` pixels around its centre, which hold all of it.
+    """
+    n = len(shape)
+    offsets = torch.arange(_WINDOW)
+    col0 = cx.floor().long() - _WINDOW // 2  # the window stays on the canvas
+    row0 = cy.floor().long() - _WINDOW // 2
+    window = torch.empty((n, _WINDOW, _WINDOW), dtype=torch.bool)
+    for shape_id in torch.unique(shape).tolist():
+        sel = (shape == shape_id).nonzero().squeeze(1)  # one shape at a time: no per-pixel branching
+        m = len(sel)
+        centre_x, centre_y, r = cx[sel].view(-1, 1), cy[sel].view(-1, 1), radius[sel].view(-1, 1, 1)
+        dx = ((col0[sel].view(-1, 1) + offsets).float() + 0.5 - centre_x).view(m, 1, _WINDOW) / r  # right is +x
+        dy = (centre_y - ((row0[sel].view(-1, 1) + offsets).float() + 0.5)).view(m, _WINDOW, 1) / r  # up is +y
+        cos, sin = torch.cos(angle[sel]).view(-1, 1, 1), torch.sin(angle[sel]).view(-1, 1, 1)
+        # Rotate the canvas by -angle, i.e. the shape by +angle (counter-clockwise on screen).
+        u = cos * dx + sin * dy  # (m, W, W)
+        v = cos * dy - sin * dx
+        window[sel] = _inside(int(shape_id), u, v)
+    pixel = (row0.view(-1, 1, 1) + offsets.view(1, -1, 1)) * image_size + (col0.view(-1, 1, 1) + offsets.view(1, 1, -1))
+    out = torch.zeros((n, image_size * image_size), dtype=torch.bool)
+    out.scatter_(1, pixel.view(n, -1), window.view(n, -1))
+    return out.view(n, image_size, image_size)
+
+
 def render(factors: np.ndarray, chunk: int = 8192) -> np.ndarray:
     """Binary images ``(n, 64, 64)`` uint8 for dSprites factor class indices ``(n, 5)``.
 
-    Vectorised over images (no Python loop per image), in chunks to bound memory. Each shape is
-    tested only on the 32x32 window of pixels around its centre, which holds all of it.
+    Vectorised over images (no Python loop per image), in chunks to bound memory.
     """
     factors = np.asarray(factors, dtype=np.int64)
     values = [torch.from_numpy(v).float() for v in factor_values()]
     out = torch.zeros((len(factors), IMAGE_SIZE, IMAGE_SIZE), dtype=torch.bool)
-    offsets = torch.arange(_WINDOW)
     for start in range(0, len(factors), chunk):
         f = torch.from_numpy(factors[start : start + chunk])
-        n = len(f)
-        radius = values[1][f[:, 1]].mul(_RADIUS_PER_SCALE).view(-1, 1, 1)
-        angle = values[2][f[:, 2]].view(-1, 1, 1)
-        cx = values[3][f[:, 3]].mul(_POS_SPAN).add(_POS_OFFSET)
-        cy = values[4][f[:, 4]].mul(_POS_SPAN).add(_POS_OFFSET)
-        col0 = cx.floor().long() - _WINDOW // 2  # in [0, 32]: the window stays on the canvas
-        row0 = cy.floor().long() - _WINDOW // 2
-        cols = col0.view(-1, 1) + offsets  # (n, 32) pixel columns of the window
-        rows = row0.view(-1, 1) + offsets
-        dx = ((cols.float() + 0.5) - cx.view(-1, 1)).view(n, 1, _WINDOW) / radius  # right is +x
-        dy = (cy.view(-1, 1) - (rows.float() + 0.5)).view(n, _WINDOW, 1) / radius  # up is +y
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        # Rotate the canvas by -angle, i.e. the shape by +angle (counter-clockwise on screen).
-        u = cos * dx + sin * dy  # (n, 32, 32)
-        v = cos * dy - sin * dx
-        window = torch.zeros((n, _WINDOW, _WINDOW), dtype=torch.bool)
-        for shape in range(3):
-            sel = (f[:, 0] == shape).nonzero().squeeze(1)
-            if len(sel):
-                window[sel] = _inside(shape, u[sel], v[sel])
-        block = out[start : start + n]
-        block[torch.arange(n).view(-1, 1, 1), rows.view(n, _WINDOW, 1), cols.view(n, 1, _WINDOW)] = window
+        out[start : start + len(f)] = rasterise(
+            f[:, 0],
+            values[1][f[:, 1]].mul(_RADIUS_PER_SCALE),
+            values[2][f[:, 2]],
+            values[3][f[:, 3]].mul(_POS_SPAN).add(_POS_OFFSET),
+            values[4][f[:, 4]].mul(_POS_SPAN).add(_POS_OFFSET),
+        )
     return out.to(torch.uint8).numpy()
 
 
