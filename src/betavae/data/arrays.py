@@ -1,15 +1,32 @@
-"""Images the user already has as a NumPy array file (``.npy`` or ``.npz``)."""
+"""Images held as arrays: in memory (the user's ``.npy``/``.npz``, decoded folders) or memory-mapped.
+
+``np.load(path, mmap_mode="r")`` maps a ``.npy`` but silently reads a ``.npz`` member whole, which
+for MPI3D (1,036,800 RGB images, 12.7 GB as uint8) is not an option. :func:`npz_member_array` maps
+a member by hand: ``np.savez`` stores each member uncompressed as a complete ``.npy`` file inside
+the zip archive, so its array bytes sit at a fixed offset of the archive (after the zip local
+header, ``30 + len(name) + len(extra)`` bytes from the member's header offset, and the ``.npy``
+header) and ``np.memmap`` can map them there. A compressed member (``np.savez_compressed``) cannot be
+mapped: it is decompressed once, streaming with bounded memory, into the cache directory as a plain
+``.npy`` and mapped from there.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import struct
+import sys
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from betavae.data.base import ImageDataset, ImageStore
+from betavae.data.cache import cache_dir
 from betavae.errors import DataError
+from betavae.files import write_atomic
 
 
 class ArrayDataset(ImageDataset):
@@ -19,8 +36,10 @@ class ArrayDataset(ImageDataset):
     or 1 are treated as binary (bit-packed in memory, Bernoulli likelihood exact).
     """
 
-    def __init__(self, images: np.ndarray, name: str = "array"):
+    def __init__(self, images: np.ndarray, name: str = "array", paths: list[str] | None = None):
         self.name = name
+        #: For images decoded from a folder: each image's path relative to that folder.
+        self.paths = paths
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[:, None]
@@ -55,6 +74,10 @@ class ArrayDataset(ImageDataset):
     def images(self, indices: np.ndarray) -> np.ndarray:
         return self._uint8[np.asarray(indices, dtype=np.int64)].astype(np.float32) * self._scale
 
+    def pixels(self) -> np.ndarray:
+        """Every image as uint8 ``(N, C, H, W)`` in 0..255 (binary images as 0 and 255)."""
+        return self._uint8 * np.uint8(255) if self.binary else self._uint8
+
     def training_store(self, device: torch.device | str = "cpu") -> ImageStore:
         return ImageStore.from_array(self._uint8, binary=self.binary, device=device)
 
@@ -87,3 +110,129 @@ def load_array_file(path: Path) -> np.ndarray:
             )
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise pickle_error(path, exc) from exc
+
+
+def _npy_header(f, path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype from the ``.npy`` header at ``f``'s position."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise DataError(f"{path}: .npy format version {version} is not supported; save with numpy's default np.save/np.savez.")
+    except ValueError as exc:
+        raise DataError(f"{path}: not a valid .npy array ({exc}); the file may be truncated or corrupt.") from exc
+    if dtype.hasobject:
+        raise DataError(f"{path} holds pickled Python objects, which betavae never loads (they can run code); save plain numeric arrays.")
+    return shape, fortran, dtype
+
+
+def memmap_npy(path: Path, offset: int = 0) -> np.ndarray:
+    """Map the ``.npy`` array that starts ``offset`` bytes into ``path`` (copy-on-write: never written)."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        shape, fortran, dtype = _npy_header(f, path)
+        data_offset = f.tell()
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    size = Path(path).stat().st_size
+    if data_offset + nbytes > size:
+        raise DataError(f"{path} is truncated: its array {shape} {dtype} needs {data_offset + nbytes:,} bytes, "
+                        f"the file has {size:,}. Download or copy it again.")
+    if nbytes == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="c", offset=data_offset, shape=shape, order="F" if fortran else "C")
+
+
+def npz_member_array(path: Path, key: str) -> np.ndarray:
+    """Member ``key`` of the ``.npz`` at ``path``, memory-mapped (see the module docstring)."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
+            if key not in names:
+                raise DataError(f"{path} has no array '{key}' (it has {sorted(names)}).")
+            info = archive.getinfo(key + ".npy")
+            if info.compress_type == zipfile.ZIP_STORED:
+                with open(path, "rb") as f:
+                    f.seek(info.header_offset)
+                    local = f.read(30)
+                if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                    raise DataError(f"{path}: damaged zip entry for '{key}'; the file may be corrupt.")
+                name_length, extra_length = struct.unpack("<HH", local[26:30])
+                return memmap_npy(path, info.header_offset + 30 + name_length + extra_length)
+            return memmap_npy(_extract_member(path, archive, info))
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DataError(f"{path} could not be read as a .npz archive ({exc}); the file may be truncated or corrupt.") from exc
+
+
+def _extract_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> Path:
+    """Decompress a compressed ``.npz`` member once into the cache directory; its path there."""
+    stat = path.stat()
+    tag = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{info.filename}".encode()).hexdigest()[:16]
+    directory = cache_dir()
+    target = directory / f"npz-{path.stem}-{Path(info.filename).stem}-{tag}.npy"
+    if target.is_file() and target.stat().st_size == info.file_size:
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(directory).free
+    if free < info.file_size:
+        raise DataError(f"{path} stores '{Path(info.filename).stem}' compressed; reading it by index needs it "
+                        f"decompressed once ({info.file_size / 1e9:.1f} GB) but {directory} has {free / 1e9:.1f} GB free. "
+                        "Set BETAVAE_CACHE to a larger disk, or re-save the file with np.savez (uncompressed).")
+    print(f"betavae: {path} is compressed; decompressing '{Path(info.filename).stem}' once "
+          f"({info.file_size / 1e9:.1f} GB) to {target} so it can be read by index", file=sys.stderr, flush=True)
+
+    def copy(f) -> None:
+        with archive.open(info) as member:
+            shutil.copyfileobj(member, f, 1 << 24)
+
+    write_atomic(target, copy)
+    return target
+
+
+def channels_last_store(num_images: int, hwc: tuple[int, int, int], read: Callable[[int, int], np.ndarray],
+                        device: torch.device | str, chunk: int = 8192) -> ImageStore:
+    """An :class:`ImageStore` ``(N, H, W, C)`` uint8 on ``device``, filled by ``read(start, stop)`` in chunks.
+
+    Chunks bound the host memory used on the way to an accelerator to one chunk.
+    """
+    h, w, c = hwc
+    data = torch.empty((num_images, h, w, c), dtype=torch.uint8, device=device)
+    for start in range(0, num_images, chunk):
+        stop = min(num_images, start + chunk)
+        data[start:stop].copy_(torch.from_numpy(np.ascontiguousarray(read(start, stop))))
+    return ImageStore(data, (c, h, w), packed=False, channels_last=True)
+
+
+class MappedImages(ImageDataset):
+    """uint8 images ``(N, H, W, C)`` read by index from a memory-mapped array; nothing is loaded up front.
+
+    On the CPU the training store maps the same file (no copy: the operating system pages images in
+    and out as batches touch them); on an accelerator it is copied there in chunks.
+    """
+
+    def __init__(self, array: np.ndarray, name: str):
+        if array.ndim != 4 or array.shape[-1] not in (1, 3) or array.dtype != np.uint8:
+            raise DataError(f"{name}: expected uint8 images (N, H, W, C) with 1 or 3 channels, got {array.shape} {array.dtype}.")
+        self.array = array
+        self.name = name
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        n, h, w, c = self.array.shape
+        return (int(c), int(h), int(w))
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def images(self, indices: np.ndarray) -> np.ndarray:
+        rows = self.array[np.asarray(indices, dtype=np.int64)]
+        return rows.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+
+    def training_store(self, device: torch.device | str = "cpu") -> ImageStore:
+        if torch.device(device).type == "cpu" and isinstance(self.array, np.memmap):
+            return ImageStore(torch.from_numpy(self.array), self.image_shape, packed=False, channels_last=True)
+        n, h, w, c = self.array.shape
+        return channels_last_store(n, (h, w, c), lambda start, stop: self.array[start:stop], device)

@@ -14,7 +14,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from betavae.data import DATASETS
+from betavae.data import DATASETS, IMAGE_SIZES
 from betavae.errors import CheckpointError, ConfigError
 from betavae.files import write_json_atomic
 from betavae.models import ARCHITECTURES
@@ -31,7 +31,17 @@ class TrainConfig:
 
     # Data
     dataset: str = _opt("dsprites", "named dataset, rendered procedurally (no download)", choices=tuple(DATASETS))
-    data: str | None = _opt(None, "path to a data file instead of --dataset: the original dSprites .npz, or a .npy/.npz image array")
+    data: str | None = _opt(None, "data to use instead of --dataset: a folder of PNG/JPEG images, a .npy/.npz image "
+                                  "array, or a standard file (dSprites .npz, 3dshapes.h5, mpi3d_*.npz, SmallNORB or "
+                                  "Cars3D files); see docs/data.md")
+    image_size: int | None = _opt(None, "side of the square training images, 32, 64 or 128, for data that is resized "
+                                        "(folders, arrays, SmallNORB, Cars3D; default: 64 for folders, SmallNORB and "
+                                        "Cars3D, the array's own size for arrays)")
+    factors: str | None = _opt(None, "CSV of factor labels for --data (a header row; a 'path' column for folders, rows "
+                                     "in image order for arrays) so supervised metrics can run on your data")
+    allow_subset: bool = _opt(False, "accept a standard dataset file with fewer images than published")
+    skip_bad: bool = _opt(False, "leave out unreadable images of a --data folder (their count and names are printed) "
+                                 "instead of stopping")
     # Model
     arch: str = _opt("burgess", "network architecture", choices=tuple(ARCHITECTURES))
     latents: int = _opt(10, "number of latent dimensions")
@@ -72,6 +82,7 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value not in choices and not (f.name == "dataset" and self.data):
                 raise ConfigError(f"unknown {f.name} '{value}'; choose one of: {', '.join(choices)}.")
+        _validate_data(self)
         _positive_int(self, "latents", "steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints")
         if self.skip_nonfinite < 0:
             raise ConfigError(f"skip_nonfinite must be a whole number >= 0, got {self.skip_nonfinite}.")
@@ -146,6 +157,21 @@ def _check_type(name: str, value: Any, annotation: object) -> None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok:
         raise ConfigError(f"{name} must be of type {kind.__name__}, got {value!r} ({type(value).__name__}).")
+
+
+def _validate_data(config: TrainConfig) -> None:
+    """The data fields: a supported image size; labels, subsets and skipping only with --data."""
+    if config.image_size is not None and config.image_size not in IMAGE_SIZES:
+        raise ConfigError(f"image_size must be one of {', '.join(map(str, IMAGE_SIZES))}, got {config.image_size!r}.")
+    if config.factors is not None and not config.data:
+        raise ConfigError("--factors labels your own --data; the named datasets already know their factors. "
+                          "Pass --data PATH or drop --factors.")
+    if config.factors is not None and Path(config.factors).suffix.lower() != ".csv":
+        raise ConfigError(f"--factors must be a .csv file, got {config.factors}; a .npz can carry its labels "
+                          "as a 'factors' array instead.")
+    for name in ("allow_subset", "skip_bad"):
+        if getattr(config, name) and not config.data:
+            raise ConfigError(f"--{name.replace('_', '-')} applies only to --data; drop it or pass --data PATH.")
 
 
 def _positive_int(config: TrainConfig, *names: str) -> None:
