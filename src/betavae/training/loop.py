@@ -161,21 +161,21 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
                         f"lower --lr (now {config.lr:g}) or β and train again."
                     )
                 optimizer.zero_grad(set_to_none=True)
-                continue
-            optimizer.step()
-            logs.update(objective.update_auxiliary(output, x, step))
-            for key, value in logs.items():  # summed on the device: no sync here
-                value = value.detach() if isinstance(value, torch.Tensor) else value
-                sums[key] = sums[key] + value if key in sums else value
+            else:
+                optimizer.step()
+                logs.update(objective.update_auxiliary(output, x, step))
+                for key, value in logs.items():  # summed on the device: no sync here
+                    value = value.detach() if isinstance(value, torch.Tensor) else value
+                    sums[key] = sums[key] + value if key in sums else value
+                sums_count += 1
             log.advance()
-            sums_count += 1
             interval_steps += 1
             done = step + 1
             is_log_step = done % config.log_every == 0 or done == config.steps
             is_checkpoint_step = done % config.checkpoint_every == 0 or done == config.steps
             if is_log_step or is_checkpoint_step:
                 _check_finite(sums, model, done, config, run_dir)
-            if is_log_step:
+            if is_log_step and sums_count:  # (every step of the interval may have been skipped)
                 elapsed = time.perf_counter() - interval_start
                 speed = interval_steps * config.batch_size / elapsed
                 log.write(_record(sums, sums_count, done, config, speed, time.perf_counter() - started))
@@ -198,6 +198,8 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
 
     save_model(run_dir / MODEL_FILE, model, model_spec)
     history = read_metrics(run_dir)
+    if not history:
+        raise TrainingError(f"no training step of {run_dir} succeeded, so there is nothing to diagnose; lower --lr.")
     diagnosis = diagnose(history[-1], objective.weight_label(), config.collapse_threshold, baseline, len(dataset))
     write_json_atomic(run_dir / "diagnosis.json", diagnosis)
     log.message("betavae: diagnosis\n" + format_diagnosis(diagnosis))
