@@ -1,9 +1,10 @@
 """What every objective is: ``objective(output, x, step) -> (loss, logs)``.
 
-Objectives differ only in the regulariser they add to the reconstruction NLL. An objective that
+Objectives differ only in the regulariser they add to the reconstruction NLL (:meth:`Objective.regulariser`);
+:meth:`Objective.forward` adds it and logs the terms every objective shares. An objective that
 needs its own network and optimizer (FactorVAE's discriminator) owns them: the training loop calls
 :meth:`Objective.update_auxiliary` after each VAE step and never branches on an objective's name.
-Logs are tensors (no device sync); the loop reads them only on logging steps.
+Logs are tensors or Python floats (no device sync); the loop reads them only on logging steps.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class Objective(nn.Module):
     """Base class: a loss on a :class:`VAEOutput`, plus optional auxiliary training."""
 
     name: str = "objective"
+    #: the smallest batch the regulariser is defined on (batch statistics need at least 2 codes)
+    min_batch_size: int = 1
 
     def __init__(self, likelihood: str = "bernoulli", likelihood_scale: float = 0.1):
         super().__init__()
@@ -43,8 +46,24 @@ class Objective(nn.Module):
         }
         return reconstruction, kl, logs
 
-    def forward(self, output: VAEOutput, x: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def regulariser(self, output: VAEOutput, kl: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The term added to the reconstruction NLL at ``step``, and the objective's own log entries.
+
+        ``kl`` is the analytic KL(q(z|x) || N(0, I)), summed over dimensions, mean over the batch.
+        """
         raise NotImplementedError
+
+    def forward(self, output: VAEOutput, x: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``loss = reconstruction + regulariser``; logs the core terms, ``loss`` and ``weighted_kl``.
+
+        ``weighted_kl`` is the whole regulariser (``loss - reconstruction``), whatever its form.
+        """
+        reconstruction, kl, logs = self.core_terms(output, x)
+        regulariser, own_logs = self.regulariser(output, kl, step)
+        loss = reconstruction + regulariser
+        logs.update(own_logs)
+        logs.update(loss=loss, weighted_kl=regulariser)
+        return loss, logs
 
     def weight_label(self) -> str:
         """The objective's main regularisation weight in words (e.g. "β = 4"), for messages."""

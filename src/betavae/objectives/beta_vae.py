@@ -2,15 +2,18 @@
 variational framework", eq. 4): minimise  E_q[-log p(x|z)] + β · KL(q(z|x) || N(0, I)).
 
 β = 1 is the plain VAE (Kingma & Welling 2014); β > 1 presses q(z|x) toward the factorised prior.
+β may follow a schedule (:mod:`betavae.objectives.schedules`): a linear warm-up, or the cyclical
+annealing of Fu et al. 2019; the β in force is logged as ``beta``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from betavae.objectives.base import Objective
+from betavae.objectives.schedules import Schedule
 
 if TYPE_CHECKING:
     from betavae.models.vae import VAEOutput
@@ -19,25 +22,26 @@ if TYPE_CHECKING:
 class BetaVAE(Objective):
     name = "beta"
 
-    def __init__(self, beta: float = 4.0, likelihood: str = "bernoulli", likelihood_scale: float = 0.1):
+    def __init__(self, beta: float = 4.0, schedule: Schedule | None = None, likelihood: str = "bernoulli",
+                 likelihood_scale: float = 0.1):
         super().__init__(likelihood, likelihood_scale)
         self.beta = beta
+        self.schedule = schedule or Schedule()
 
     @classmethod
     def from_config(cls, config, dataset_size: int) -> "BetaVAE":
-        return cls(config.beta, config.likelihood, config.likelihood_scale)
+        schedule = Schedule(config.beta_schedule, config.beta_warmup_steps, config.steps, config.beta_cycles,
+                            config.beta_cycle_ratio)
+        return cls(config.beta, schedule, config.likelihood, config.likelihood_scale)
 
     def weight_label(self) -> str:
-        return f"β = {self.beta:g}"
+        described = self.schedule.describe()
+        return f"β = {self.beta:g}" + (f" ({described})" if described else "")
 
     def beta_at(self, step: int) -> float:
-        """The KL weight at ``step`` (constant here)."""
-        return self.beta
+        """The KL weight in force at ``step``: the target β times the schedule's fraction."""
+        return self.beta * self.schedule(step)
 
-    def forward(self, output: VAEOutput, x: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        reconstruction, kl, logs = self.core_terms(output, x)
+    def regulariser(self, output: VAEOutput, kl: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         beta = self.beta_at(step)
-        weighted_kl = beta * kl
-        loss = reconstruction + weighted_kl
-        logs.update(loss=loss, weighted_kl=weighted_kl, beta=torch.tensor(beta))
-        return loss, logs
+        return beta * kl, {"beta": beta}

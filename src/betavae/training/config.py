@@ -18,7 +18,7 @@ from betavae.data import DATASETS, IMAGE_SIZES
 from betavae.errors import CheckpointError, ConfigError
 from betavae.files import write_json_atomic
 from betavae.models import ARCHITECTURES
-from betavae.objectives import LIKELIHOODS, OBJECTIVES
+from betavae.objectives import ESTIMATORS, LIKELIHOODS, OBJECTIVES, SCHEDULES
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -46,8 +46,27 @@ class TrainConfig:
     arch: str = _opt("burgess", "network architecture", choices=tuple(ARCHITECTURES))
     latents: int = _opt(10, "number of latent dimensions")
     # Objective
-    objective: str = _opt("beta", "training objective", choices=tuple(OBJECTIVES))
-    beta: float = _opt(4.0, "weight β of the KL term (β = 1 is the plain VAE; β > 1 favours disentanglement)")
+    objective: str = _opt("beta", "training objective: beta (β-VAE), capacity (capacity-annealed β-VAE), factor (FactorVAE), "
+                          "tc (β-TCVAE), dip1 / dip2 (DIP-VAE-I / -II); see docs/objectives.md", choices=tuple(OBJECTIVES))
+    beta: float = _opt(4.0, "beta: weight β of the KL term (β = 1 is the plain VAE; β > 1 favours disentanglement); "
+                            "tc: weight β of the total correlation")
+    beta_schedule: str = _opt("constant", "beta: how β reaches --beta: constant, linear (from 0 over --beta-warmup-steps) or "
+                                          "cyclical (Fu et al. 2019: --beta-cycles cycles over --steps)", choices=SCHEDULES)
+    beta_warmup_steps: int = _opt(10000, "beta, linear schedule: steps over which β grows from 0 to --beta")
+    beta_cycles: int = _opt(4, "beta, cyclical schedule: number of cycles M over the run")
+    beta_cycle_ratio: float = _opt(0.5, "beta, cyclical schedule: fraction R of each cycle over which β rises from 0 (then stays)")
+    capacity_gamma: float = _opt(1000.0, "capacity: weight γ of |KL − C|")
+    capacity_max: float = _opt(25.0, "capacity: final target KL C_max, in nats")
+    capacity_steps: int = _opt(100000, "capacity: steps over which the target C grows linearly from 0 to C_max")
+    factor_gamma: float = _opt(35.0, "factor: weight γ of the discriminator's total-correlation estimate")
+    discriminator_lr: float = _opt(1e-4, "factor: Adam learning rate of the discriminator (betas 0.5, 0.9)")
+    tc_alpha: float = _opt(1.0, "tc: weight α of the mutual information between x and z")
+    tc_gamma: float = _opt(1.0, "tc: weight γ of the dimension-wise KL")
+    estimator: str = _opt("mss", "tc: estimator of log q(z): mss (minibatch stratified sampling) or mws (minibatch "
+                                 "weighted sampling)", choices=ESTIMATORS)
+    dip_lambda_od: float = _opt(10.0, "dip1, dip2: weight λ_od of the off-diagonal covariance penalty")
+    dip_lambda_d: float | None = _opt(None, "dip1, dip2: weight λ_d of the diagonal covariance penalty "
+                                            "(default: 10·λ_od for dip1, λ_od for dip2)")
     likelihood: str = _opt("bernoulli", "reconstruction likelihood p(x|z)", choices=LIKELIHOODS)
     likelihood_scale: float = _opt(0.1, "fixed σ of the gaussian likelihood or b of the laplace likelihood")
     # Optimisation
@@ -83,17 +102,30 @@ class TrainConfig:
             if choices and value not in choices and not (f.name == "dataset" and self.data):
                 raise ConfigError(f"unknown {f.name} '{value}'; choose one of: {', '.join(choices)}.")
         _validate_data(self)
-        _positive_int(self, "latents", "steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints")
+        _positive_int(self, "latents", "steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
+                      "beta_warmup_steps", "beta_cycles", "capacity_steps")
         if self.skip_nonfinite < 0:
             raise ConfigError(f"skip_nonfinite must be a whole number >= 0, got {self.skip_nonfinite}.")
-        for name in ("beta", "collapse_threshold"):
+        for name in ("beta", "collapse_threshold", "capacity_gamma", "capacity_max", "factor_gamma", "tc_alpha",
+                     "tc_gamma", "dip_lambda_od", "dip_lambda_d"):
             value = getattr(self, name)
+            if value is None and name == "dip_lambda_d":
+                continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}.")
-        for name in ("lr", "likelihood_scale"):
+        for name in ("lr", "likelihood_scale", "discriminator_lr"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}.")
+        if not 0 < self.beta_cycle_ratio <= 1:
+            raise ConfigError(f"beta_cycle_ratio must be in (0, 1], got {self.beta_cycle_ratio!r}; 0.5 ramps β over half of each cycle.")
+        if self.beta_schedule != "constant" and self.objective != "beta":
+            raise ConfigError(f"--beta-schedule applies to --objective beta only; drop it for --objective {self.objective}.")
+        if self.beta_schedule == "cyclical" and self.beta_cycles > self.steps:
+            raise ConfigError(f"beta_cycles ({self.beta_cycles}) exceeds steps ({self.steps}); use fewer --beta-cycles.")
+        if self.batch_size < OBJECTIVES[self.objective].min_batch_size:
+            raise ConfigError(f"objective {self.objective} estimates batch statistics and needs --batch-size of at least "
+                              f"{OBJECTIVES[self.objective].min_batch_size}, got {self.batch_size}.")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a whole number >= 0, got {self.seed!r}.")
         if self.device != "auto" and self.device != "cpu" and not (
