@@ -4,13 +4,14 @@ minimise  E_q[-log p(x|z)] + KL(q(z|x) || N(0, I)) + γ · KL(q(z) || Π_d q(z_d
 The total correlation is estimated with the density-ratio trick: a discriminator D (6 hidden layers
 of 1000 units, leaky ReLU 0.2, 2 logits: "from q(z)" and "permuted") is trained to tell samples of
 q(z) from samples of Π_d q(z_d), made by shuffling each dimension independently across a batch
-(Algorithm 1). Then TC ≈ E_q(z)[logit_real(z) − logit_permuted(z)] (eq. 3).
+(Algorithm 1), so TC ≈ E_q(z)[logit_real(z) − logit_permuted(z)] = E_q(z)[log D(z) / (1 − D(z))].
 
 The two players train in turn, each updating only its own parameters (Algorithm 2):
 - VAE step (the training loop's Adam step on this objective's loss): the discriminator's parameters
   take no gradient, so the loss's backward pass never leaves gradients on them;
 - discriminator step (:meth:`FactorVAE.update_auxiliary`, after the VAE step): its own Adam
-  (lr 1e-4, betas (0.5, 0.9)) on a cross-entropy over detached codes.
+  (lr 1e-4, betas (0.5, 0.9)) on a cross-entropy over detached codes, after clearing any gradient
+  left on its parameters.
 
 Batches: the paper draws a second batch for the permuted samples. The loop gives one batch, so the
 discriminator step splits it: the first half's codes are the "real" samples and the second half,
