@@ -1,0 +1,58 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from betavae.errors import ConfigError
+from betavae.metrics import encoder_fn, evaluate, evaluate_run, format_table
+from betavae.models import build_model
+from betavae.training.config import TrainConfig
+from betavae.training.loop import MODEL_FILE, save_model
+
+PARAMS = {"mig": {"num_train": 300}, "unsupervised": {"num_train": 300}}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("burgess", 4, (1, 64, 64)).eval()
+
+
+@pytest.fixture
+def run_dir(tmp_path, model):
+    config = TrainConfig(dataset="dsprites", latents=4, arch="burgess")
+    config.save(tmp_path / "config.json")
+    save_model(tmp_path / MODEL_FILE, model, {"arch": "burgess", "latents": 4, "image_shape": [1, 64, 64]})
+    return tmp_path
+
+
+def test_encoder_fn_mean_and_sampled(model):
+    images = (np.random.default_rng(0).random((5, 1, 64, 64)) > 0.5).astype(np.float32)
+    with torch.no_grad():
+        mu, logvar = model.encode(torch.from_numpy(images))
+    mean = encoder_fn(model, batch_size=2)
+    assert np.allclose(mean(images), mu.numpy(), atol=1e-6)
+    codes, mu2, logvar2 = mean.codes_and_posterior(images)
+    assert np.array_equal(codes, mu2) and np.allclose(logvar2, logvar.numpy(), atol=1e-6)
+    first = encoder_fn(model, "sampled", generator=torch.Generator().manual_seed(1))(images)
+    again = encoder_fn(model, "sampled", generator=torch.Generator().manual_seed(1))(images)
+    assert np.array_equal(first, again) and not np.allclose(first, mu.numpy())
+    with pytest.raises(ConfigError, match="representation"):
+        encoder_fn(model, "median")
+
+
+def test_evaluate_run_writes_a_complete_record(run_dir, model):
+    record = evaluate_run(run_dir, "mig,unsupervised", seed=2, batch_size=256, params=PARAMS)
+    assert json.loads((run_dir / "evaluation.json").read_text()) == record
+    assert not list(run_dir.glob(".evaluation.json*"))  # no temporary file left behind
+    from betavae.data import DSprites
+
+    direct = evaluate(encoder_fn(model), DSprites(), "mig,unsupervised", seed=2, batch_size=256, params=PARAMS)
+    assert {name: entry["values"] for name, entry in record["metrics"].items()} == direct
+    entry = record["metrics"]["mig"]
+    assert entry["parameters"]["num_train"] == 300 and entry["parameters"]["num_bins"] == 20
+    assert entry["seed"] == 2 and entry["representation"] == "mean"
+    assert {"betavae", "scikit-learn", "numpy", "torch"} <= set(record["versions"])
+    assert "kl_total" in record["metrics"]["unsupervised"]["values"]  # the posterior came through
+    assert "mig" in format_table(record)
