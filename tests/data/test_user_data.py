@@ -70,8 +70,10 @@ def test_all_grey_folder_has_one_channel(tmp_path):
     rgb_but_grey = np.repeat(np.arange(64, dtype=np.uint8)[None, :, None], 64, axis=0).repeat(3, axis=2)
     _save(tmp_path / "y.jpg", rgb_but_grey, quality=100, subsampling=0)
     _save(tmp_path / "z.png", rgb_but_grey)
+    Image.fromarray(np.full((64, 64), 32768, np.uint16)).save(tmp_path / "w16.png")  # 16-bit grey
     dataset = load_dataset(path=tmp_path)
-    assert dataset.image_shape == (1, 64, 64) and len(dataset) == 3
+    assert dataset.image_shape == (1, 64, 64) and len(dataset) == 4
+    assert np.allclose(dataset.images(np.array([0]))[0], 128 / 255)  # 16 bits scaled to 8
 
 
 def test_resize_rule_scales_the_shorter_side_and_crops_the_centre():

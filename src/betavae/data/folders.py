@@ -8,7 +8,7 @@ Rules (also in docs/data.md):
 * **Size**: each image is scaled (Pillow, Lanczos filter) so that its *shorter* side equals
   ``image_size``, keeping its aspect ratio, then the longer side is cropped to ``image_size`` around
   the centre (the crop starts at ``floor((longer - image_size) / 2)``). Nothing is padded or stretched.
-* **Channels**: transparency is composited onto black. If every image is grey (a grey mode, or RGB
+* **Channels**: 16- and 32-bit grey images are scaled to 8 bits; transparency is composited onto black. If every image is grey (a grey mode, or RGB
   with R = G = B everywhere) the dataset has 1 channel; otherwise 3, and grey images are repeated
   into the three channels.
 * **Bad files**: a file that cannot be opened and fully decoded (corrupt, truncated, not really an
@@ -95,7 +95,7 @@ def decode_folder(root: Path, size: int, skip_bad: bool = False) -> tuple[np.nda
     if not files:
         raise DataError(f"no PNG or JPEG images found in {root} (searched every subfolder); "
                         "point --data at the folder that holds your images.")
-    rgb = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    images = np.empty((len(files), 3, size, size), dtype=np.uint8)  # filled in place: no second copy
     grey = np.zeros(len(files), dtype=bool)
     problems: dict[int, str] = {}
 
@@ -106,10 +106,10 @@ def decode_folder(root: Path, size: int, skip_bad: bool = False) -> tuple[np.nda
             problems[i] = f"{files[i]} ({' '.join(str(exc).split()) or type(exc).__name__})"
             return
         if pixels.ndim == 2:
-            rgb[i] = pixels[..., None]
+            images[i] = pixels[None]
             grey[i] = True
         else:
-            rgb[i] = pixels
+            images[i] = pixels.transpose(2, 0, 1)
             grey[i] = bool(np.all(pixels[..., 0] == pixels[..., 1]) and np.all(pixels[..., 1] == pixels[..., 2]))
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
@@ -125,10 +125,11 @@ def decode_folder(root: Path, size: int, skip_bad: bool = False) -> tuple[np.nda
         print(f"betavae: skipped {len(bad)} of {len(files)} images in {root} that could not be read "
               f"(--skip-bad): {listed}", file=sys.stderr, flush=True)
     keep = np.setdiff1d(np.arange(len(files)), bad)
-    images = rgb[keep]
-    images = images[..., :1] if np.all(grey[keep]) else images
-    return (np.ascontiguousarray(images.transpose(0, 3, 1, 2)), [files[i] for i in keep],
-            [files[i] for i in bad])
+    if bad:
+        images = images[keep]
+    if np.all(grey[keep]):
+        images = np.ascontiguousarray(images[:, :1])
+    return images, [files[i] for i in keep], [files[i] for i in bad]
 
 
 def resize_array(images: np.ndarray, size: int) -> np.ndarray:
