@@ -163,6 +163,7 @@ def test_mpi3d_is_memory_mapped(save, tmp_path, small_mpi3d, capsys):
     indices = np.array([23, 0, 11])
     assert np.array_equal(dataset.images(indices), images[indices].transpose(0, 3, 1, 2) / np.float32(255))
     assert np.array_equal(dataset.index_to_factors(np.array([1, 3])), [[0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 1, 0]])
+    assert np.array_equal(dataset.factors_to_index(dataset.index_to_factors(np.arange(n))), np.arange(n))
     store = dataset.training_store("cpu")
     assert torch.equal(store.batch(torch.from_numpy(indices)), torch.from_numpy(dataset.images(indices)))
 
@@ -251,6 +252,7 @@ def test_smallnorb_both_splits_make_the_grid(gz, tmp_path, small_norb):
     images = dataset.images(np.arange(48))
     assert np.allclose(images[:, 0, 10, 10] * 255, 10 + np.arange(48), atol=0.5)  # left image, grid order
     assert np.allclose(dataset.factor_values[3], [0, 20, 40])  # azimuth 0, 2, 4 -> degrees
+    assert np.array_equal(dataset.factors_to_index(dataset.index_to_factors(np.arange(48))), np.arange(48))
     # pointing at one of the files reads the whole folder
     assert len(load_dataset(path=next(tmp_path.glob("*testing-cat*")))) == 48
 
@@ -262,6 +264,7 @@ def test_smallnorb_one_split_is_a_subset(tmp_path, small_norb):
     dataset = load_dataset(path=tmp_path, allow_subset=True)
     assert isinstance(dataset, LabelledDataset) and dataset.factor_sizes == SMALL_NORB
     assert np.all(dataset.factors[:, 1] == 1)
+    assert np.array_equal(dataset.factors_to_index(dataset.index_to_factors(np.arange(24))), np.arange(24))
     images = dataset.images(np.arange(24))[:, 0, 5, 5] * 255
     assert np.allclose(images, 10 + dataset.factors @ grid_strides(SMALL_NORB), atol=0.5)
 
@@ -320,6 +323,7 @@ def test_cars3d_folder_is_a_grid(tmp_path, monkeypatch):
     red = dataset.images_from_factors(factors)[:, 0, 32, 32] * 255
     assert np.allclose(red, factors[:, 0] * 24 + factors[:, 1] + 100 * factors[:, 2], atol=0.5)
     assert dataset.image_shape == (3, 64, 64)
+    assert np.array_equal(dataset.factors_to_index(dataset.index_to_factors(np.arange(192))), np.arange(192))
     assert load_dataset(path=tmp_path, allow_subset=True, image_size=128).image_shape == (3, 128, 128)
     monkeypatch.setattr(cars3d, "NUM_CARS", 2)
     assert len(load_dataset(path=tmp_path)) == 4 * 24 * 2
