@@ -78,6 +78,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_dir = train(config)
     print(
         f"\nDemo finished. Open these files:\n"
+        f"  {run_dir}/report.html                   all of it in one page, to open in a browser\n"
         f"  {run_dir}/figures/training_curves.png   reconstruction, KL and β·KL, KL per dimension\n"
         f"  {run_dir}/figures/traversals.png        one row per latent (sorted by KL), swept from -3 to 3\n"
         f"  {run_dir}/figures/traversals.gif        the same, animated\n"
@@ -113,6 +114,72 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number_list(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BetaVAEError(f"{flag} takes comma-separated numbers such as 1,2,4,8; got '{text}'.") from None
+
+
+def _seed_list(text: str) -> list[int]:
+    """``3`` -> seeds 0, 1, 2; ``0,5,7`` -> those seeds."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BetaVAEError(f"--seeds takes a count (3) or comma-separated seeds (0,5,7); got '{text}'.") from None
+    if "," not in text and len(values) == 1:
+        if values[0] < 1:
+            raise BetaVAEError(f"--seeds needs at least 1 seed, got {values[0]}.")
+        return list(range(values[0]))
+    return values
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from betavae.sweep import SweepSpec, run_sweep
+    from betavae.sweep.spec import WEIGHT_FIELDS
+
+    objective = args.objective or "beta"
+    if args.beta is not None and args.weights is not None:
+        raise BetaVAEError("give the swept values once: --weights (any objective) or --beta (beta, tc), not both.")
+    if args.beta is not None and WEIGHT_FIELDS.get(objective) != "beta":
+        raise BetaVAEError(f"--beta lists β for --objective beta or tc; --objective {objective} sweeps "
+                           f"{WEIGHT_FIELDS.get(objective, 'its weight')}: pass --weights.")
+    text = args.beta if args.beta is not None else args.weights
+    if text is None:
+        raise BetaVAEError("nothing to sweep: pass --beta 1,2,4,8 (beta, tc) or --weights LIST (any objective).")
+    base = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+            if f.name not in ("beta", "seed", "out") and getattr(args, f.name, None) is not None}
+    spec = SweepSpec(out=args.out, weights=_number_list(text, "--beta" if args.beta is not None else "--weights"),
+                     seeds=_seed_list(args.seeds), base=base, metrics=args.metrics, metric=args.metric,
+                     storage=args.storage, study_name=args.study_name, workers=args.workers, tolerance=args.tolerance,
+                     eval_samples=args.eval_samples, eval_seed=args.eval_seed, udr_samples=args.udr_samples,
+                     udr_correlation=args.udr_correlation, heartbeat_seconds=args.heartbeat)
+    run_sweep(spec)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from betavae.report import run_report
+
+    path = run_report(args.run, seed=args.seed, mi_images=args.images)
+    print(f"report written to {path}")
+    return 0
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    from betavae.report.explorer import explore
+
+    explore(args.run, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="betavae",
@@ -140,6 +207,59 @@ def build_parser() -> argparse.ArgumentParser:
     traverse.add_argument("run", metavar="RUN", help="run directory")
     traverse.add_argument("--seed", type=int, default=0, help="chooses the images shown (default: 0)")
     traverse.set_defaults(func=cmd_traverse)
+
+    report = sub.add_parser("report", help="write RUN/report.html: config, diagnosis, curves, figures, metrics",
+                            description="Write RUN/report.html, one self-contained page (images embedded) with the "
+                                        "run's config, diagnosis, training curves, KL per dim, reconstructions, samples, "
+                                        "traversals, evaluation metrics and, with factor labels, code-factor mutual "
+                                        "information and latent-vs-factor plots. See docs/report.md.")
+    report.add_argument("run", metavar="RUN", help="run directory")
+    report.add_argument("--seed", type=int, default=0, help="chooses the images shown and encoded (default: 0)")
+    report.add_argument("--images", type=_positive_int, default=5000, metavar="N",
+                        help="images encoded for the factor sections (default: 5000)")
+    report.set_defaults(func=cmd_report)
+
+    explore = sub.add_parser("explore", help="a local web page with one slider per latent dim",
+                             description="Serve a local web page to explore RUN's latent space: one slider per latent "
+                                         "dim (sorted by KL, collapsed dims greyed), the decoded image updating live, "
+                                         "and real images to start from. See docs/report.md.")
+    explore.add_argument("run", metavar="RUN", help="run directory")
+    explore.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
+    explore.add_argument("--host", default="127.0.0.1",
+                         help="address to listen on (default: 127.0.0.1, this machine only)")
+    explore.set_defaults(func=cmd_explore)
+
+    sweep = sub.add_parser("sweep", help="choose β: train and evaluate a grid of weights × seeds, plot the trade-off, recommend",
+                           description=(
+        "Train every (weight, seed) pair as a run under SWEEP/trials/, evaluate each, and write SWEEP/summary.csv, "
+        "summary.json, tradeoff.png and recommendation.json. Trials live in an Optuna study (SQLite in SWEEP by "
+        "default; a PostgreSQL URL lets the same command on several machines share the grid). Run the same command "
+        "again to resume after a kill. See docs/sweep.md."))
+    sweep.add_argument("--beta", metavar="LIST", help="β values to sweep for --objective beta or tc, e.g. 1,2,4,8,16")
+    sweep.add_argument("--weights", metavar="LIST", help="values of the objective's weight to sweep (beta, tc: β; "
+                       "capacity: capacity_max; factor: factor_gamma; dip1, dip2: dip_lambda_od)")
+    sweep.add_argument("--seeds", default="3", metavar="N|LIST", help="number of seeds (0..N-1) or a list of seeds (default: 3)")
+    sweep.add_argument("--out", default="sweep", help="sweep directory (default: sweep)")
+    sweep.add_argument("--storage", metavar="URL", help="Optuna storage: sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB "
+                       "(default: sqlite:///OUT/study.db)")
+    sweep.add_argument("--study-name", metavar="NAME", help="study name in the storage (default: betavae-sweep-<OUT's name>)")
+    sweep.add_argument("--workers", type=int, default=1, metavar="K", help="local worker processes (default: 1)")
+    sweep.add_argument("--metric", metavar="NAME", help="metric the recommendation ranks by: udr, a metric (mig, dci, ...) "
+                       "or METRIC.VALUE (default: mig with ground-truth factors, udr without)")
+    sweep.add_argument("--metrics", default="all", metavar="LIST", help="metrics evaluated for every trial (default: all "
+                       "the data supports)")
+    sweep.add_argument("--tolerance", type=float, default=0.1, help="relative reconstruction tolerance of the recommendation "
+                       "(default: 0.1, within 10%% of the best mean NLL)")
+    sweep.add_argument("--eval-samples", type=int, metavar="N", help="scale the metrics' sample counts down to N (default: "
+                       "the full protocol)")
+    sweep.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation samples, the same for every trial (default: 0)")
+    sweep.add_argument("--udr-samples", type=int, default=1000, metavar="N", help="images encoded per trial for UDR (default: 1000)")
+    sweep.add_argument("--udr-correlation", default="spearman", choices=("spearman", "lasso"),
+                       help="UDR similarity matrix (default: spearman)")
+    sweep.add_argument("--heartbeat", type=int, default=10, metavar="SECONDS", help="trial heartbeat interval; a trial "
+                       "silent for 3 intervals is re-run (default: 10)")
+    add_config_arguments(sweep, skip=("beta", "seed", "out"))
+    sweep.set_defaults(func=cmd_sweep)
     return parser
 
 

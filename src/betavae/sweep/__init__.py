@@ -1,0 +1,10 @@
+"""Choosing the weight of an objective (β and the like): a grid of (weight, seed) trials on an Optuna
+study, each trained and evaluated, then a trade-off plot and a recommendation. See docs/sweep.md."""
+
+from betavae.sweep.recommend import aggregate, recommend
+from betavae.sweep.runner import run_sweep, summarize
+from betavae.sweep.spec import WEIGHT_FIELDS, SweepSpec, check_storage_url, metric_key
+from betavae.sweep.udr import similarity_matrix, udr_pair, udr_scores
+
+__all__ = ["SweepSpec", "WEIGHT_FIELDS", "aggregate", "check_storage_url", "metric_key", "recommend", "run_sweep",
+           "similarity_matrix", "summarize", "udr_pair", "udr_scores"]

@@ -1,0 +1,130 @@
+"""``run_sweep``: start the local workers, wait for the grid, write the summary, plot and recommendation."""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from betavae.errors import BetaVAEError
+from betavae.files import write_json_atomic
+from betavae.sweep import study as sweep_study
+from betavae.sweep.outputs import add_udr, plot_tradeoff, write_summary
+from betavae.sweep.recommend import recommend
+from betavae.sweep.spec import SweepSpec, default_workers_threads, metric_key
+
+
+def resolve_metric(spec: SweepSpec) -> str:
+    """The metric the recommendation ranks by: the given one, else MIG with factors, UDR without."""
+    if spec.metric is not None:
+        return spec.metric
+    from betavae.data import dataset_from_config
+
+    dataset = dataset_from_config(spec.trial_config(*spec.grid()[0]))
+    evaluated = spec.metrics == "all" or "mig" in [m.strip() for m in spec.metrics.split(",")]
+    return "mig" if getattr(dataset, "has_factors", False) and evaluated else "udr"
+
+
+def _worker_main(spec: SweepSpec, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        sweep_study.work(spec)
+    except BetaVAEError as exc:
+        print(f"betavae: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def run_sweep(spec: SweepSpec, stream: TextIO | None = None) -> dict[str, Any]:
+    """Run (or resume, or join) the sweep and write its outputs; returns the recommendation."""
+    stream = stream or sys.stderr
+    spec.validate()
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    spec.metric = resolve_metric(spec)
+    print(f"betavae sweep: {len(spec.grid())} trials ({spec.objective}, {spec.weight_symbol} in "
+          f"{', '.join(f'{w:g}' for w in spec.weights)}; seeds {', '.join(map(str, spec.seeds))}) in study "
+          f"'{spec.name}' at {sweep_study._safe_url(spec.storage_url)}; ranking by {metric_key(spec.metric)}",
+          file=stream, flush=True)
+    study = sweep_study.open_study(spec)  # storage problems and mismatched settings fail here, before any work
+    if spec.workers == 1:
+        sweep_study.work(spec, stream)
+    else:
+        _run_local_workers(spec, study, stream)
+    return summarize(spec, study, stream)
+
+
+def _run_local_workers(spec: SweepSpec, study: Any, stream: TextIO) -> None:
+    context = multiprocessing.get_context("spawn")
+    threads = default_workers_threads(spec.workers)
+    processes = [context.Process(target=_worker_main, args=(spec, threads), name=f"sweep-worker-{i}")
+                 for i in range(spec.workers)]
+    for p in processes:
+        p.start()
+    started, last = time.monotonic(), ""
+    try:
+        while any(p.is_alive() for p in processes):
+            line = sweep_study.format_progress(sweep_study.progress(study, spec), spec, started)
+            if line != last:
+                print(line, file=stream, flush=True)
+                last = line
+            time.sleep(spec.poll_seconds)
+    except KeyboardInterrupt:
+        for p in processes:
+            p.join(timeout=30)  # each worker re-enqueues its trial on the same Ctrl-C
+        raise
+    for p in processes:
+        p.join()
+    codes = [p.exitcode for p in processes]
+    if any(code not in (0, None) for code in codes):
+        print(f"betavae sweep: worker exit codes {codes}; run the same command again to finish the sweep.",
+              file=stream, flush=True)
+
+
+def summarize(spec: SweepSpec, study: Any, stream: TextIO | None = None) -> dict[str, Any]:
+    """Write summary.csv/json, tradeoff.png and recommendation.json from the study; print the result."""
+    stream = stream or sys.stderr
+    out = Path(spec.out)
+    trials = sweep_study.collect(study, spec)
+    add_udr(trials, spec)
+    metric = metric_key(spec.metric or "udr")
+    write_summary(out, trials, metric)
+    plot_tradeoff(out / "tradeoff.png", trials, metric, spec.weight_symbol)
+    result = recommend(trials, metric, spec.tolerance, spec.weight_symbol)
+    missing = [t["name"] for t in trials if t["state"] == "MISSING"]
+    if missing:
+        result["reason"] += f" Not finished yet: {', '.join(missing)} (run the same command to finish them)."
+    result["objective"] = spec.objective
+    result["weight_field"] = spec.weight_field
+    write_json_atomic(out / "recommendation.json", _clean(result))
+    print(f"betavae sweep: summary in {out / 'summary.csv'}, trade-off plot in {out / 'tradeoff.png'}", file=stream)
+    weight = result["weight"]
+    head = "no recommendation" if weight is None else f"recommended {spec.weight_symbol} = {weight:g}"
+    print(f"betavae sweep: {head}: {result['reason']}", file=stream, flush=True)
+    _report(out, trials, result, stream)
+    return result
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _report(out: Path, trials: list[dict[str, Any]], recommendation: dict[str, Any], stream: TextIO) -> None:
+    """SWEEP/report.html through ``betavae.report.sweep_report`` when the report package has it."""
+    try:
+        from betavae.report import sweep_report  # type: ignore[attr-defined]
+    except ImportError:
+        print("betavae sweep: note: this betavae has no betavae.report.sweep_report, so no report.html was written.",
+              file=stream)
+        return
+    sweep_report(out, [{k: v for k, v in t.items() if k != "udr_codes"} for t in trials], recommendation)

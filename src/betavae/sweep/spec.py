@@ -1,0 +1,204 @@
+"""What a sweep is: the grid of (weight, seed) pairs, the training config shared by every trial,
+what to evaluate, and where the study lives. Checked completely before any work starts."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from betavae.errors import ConfigError
+from betavae.metrics import METRIC_TYPES
+from betavae.objectives import OBJECTIVES
+from betavae.sweep.recommend import DEFAULT_TOLERANCE
+from betavae.sweep.udr import CORRELATIONS, KL_THRESHOLD
+from betavae.training.config import TrainConfig
+
+#: objective -> the TrainConfig field holding its main regularisation weight, the one a sweep varies.
+WEIGHT_FIELDS: dict[str, str] = {
+    "beta": "beta",
+    "tc": "beta",
+    "capacity": "capacity_max",
+    "factor": "factor_gamma",
+    "dip1": "dip_lambda_od",
+    "dip2": "dip_lambda_od",
+}
+#: How each weight is written in messages and plots.
+WEIGHT_SYMBOLS: dict[str, str] = {"beta": "β", "capacity_max": "C_max", "factor_gamma": "γ", "dip_lambda_od": "λ_od"}
+#: The value of each metric a sweep ranks by when the metric's name alone is given.
+PRIMARY_VALUES: dict[str, str] = {"beta_vae_score": "eval_accuracy", "factor_vae_score": "eval_accuracy", "mig": "mig",
+                                  "sap": "sap", "dci": "disentanglement", "modularity_explicitness": "modularity",
+                                  "unsupervised": "gaussian_total_correlation"}
+#: Protocol sample-count parameters that ``eval_samples`` scales down (those a metric has).
+_SAMPLE_FIELDS = {"num_train": 1.0, "num_eval": 0.5, "num_test": 0.5, "num_variance_estimate": 1.0,
+                  "chen_num_samples": 1.0}
+STORAGE_SCHEMES = ("sqlite", "postgresql", "postgres")
+
+
+@dataclass
+class SweepSpec:
+    """A sweep: every (weight, seed) pair trains ``base`` with that weight and seed, then is evaluated."""
+
+    out: str
+    weights: list[float]
+    seeds: list[int]
+    base: dict[str, Any] = field(default_factory=dict)  # TrainConfig values shared by every trial
+    metrics: str = "all"  # what evaluate_run computes ("all": every metric the data supports)
+    metric: str | None = None  # what the recommendation ranks by (None: mig with factors, else udr)
+    storage: str | None = None  # Optuna storage URL (None: sqlite:///OUT/study.db)
+    study_name: str | None = None
+    workers: int = 1
+    tolerance: float = DEFAULT_TOLERANCE
+    eval_samples: int | None = None  # scale the metrics' sample counts down to this (None: full protocol)
+    eval_seed: int = 0
+    udr_samples: int = 1000
+    udr_correlation: str = "spearman"
+    udr_kl_threshold: float = KL_THRESHOLD
+    heartbeat_seconds: int = 10
+    poll_seconds: float = 2.0
+
+    @property
+    def objective(self) -> str:
+        return str(self.base.get("objective", "beta"))
+
+    @property
+    def weight_field(self) -> str:
+        return WEIGHT_FIELDS[self.objective]
+
+    @property
+    def weight_symbol(self) -> str:
+        return WEIGHT_SYMBOLS.get(self.weight_field, self.weight_field)
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{Path(self.out).resolve() / 'study.db'}"
+
+    @property
+    def name(self) -> str:
+        return self.study_name or f"betavae-sweep-{Path(self.out).resolve().name}"
+
+    def grid(self) -> list[tuple[float, int]]:
+        """Every (weight, seed) pair, weights outermost."""
+        return [(w, s) for w in self.weights for s in self.seeds]
+
+    def trial_name(self, weight: float, seed: int) -> str:
+        return f"{self.objective}-{self.weight_field}{weight:g}-seed{seed}"
+
+    def trial_config(self, weight: float, seed: int) -> TrainConfig:
+        run_dir = Path(self.out) / "trials" / self.trial_name(weight, seed)
+        values = {**self.base, self.weight_field: float(weight), "seed": int(seed), "out": str(run_dir),
+                  "overwrite": False}
+        return TrainConfig.from_dict(values)
+
+    def metric_params(self) -> dict[str, dict[str, int]]:
+        """Per-metric parameter overrides that bring every sample count down to ``eval_samples``."""
+        if self.eval_samples is None:
+            return {}
+        params: dict[str, dict[str, int]] = {}
+        for name, cls in METRIC_TYPES.items():
+            names = {f.name for f in fields(cls)}
+            params[name] = {k: max(int(self.eval_samples * scale), 2) for k, scale in _SAMPLE_FIELDS.items() if k in names}
+        return params
+
+    def comparison_key(self) -> dict[str, Any]:
+        """What must match when a study is joined or resumed (the grid's meaning, not how it runs)."""
+        values = asdict(self)
+        for name in ("out", "storage", "study_name", "workers", "heartbeat_seconds", "poll_seconds"):
+            values.pop(name)
+        values["base"] = {k: v for k, v in self.base.items() if k not in ("device", "out", "overwrite")}
+        return values
+
+    def validate(self) -> "SweepSpec":
+        """Raise :class:`ConfigError` naming the first bad value and the fix."""
+        objective = self.objective
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"unknown objective '{objective}'; choose one of: {', '.join(OBJECTIVES)}.")
+        if objective not in WEIGHT_FIELDS:
+            raise ConfigError(f"objective '{objective}' has no weight a sweep knows how to vary.")
+        if not self.weights:
+            raise ConfigError(f"no {self.weight_symbol} values to sweep; pass e.g. --weights 1,2,4,8.")
+        for w in self.weights:
+            if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+                raise ConfigError(f"every swept {self.weight_field} must be a finite number >= 0, got {w!r}.")
+        if len(set(self.weights)) != len(self.weights):
+            raise ConfigError(f"repeated {self.weight_field} values in {self.weights}; give each once.")
+        if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ConfigError(f"seeds must be whole numbers >= 0 (at least one), got {self.seeds!r}.")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"repeated seeds in {self.seeds}; give each once.")
+        for key in ("seed", "out", self.weight_field):
+            if key in self.base:
+                raise ConfigError(f"--{key.replace('_', '-')} is set by the sweep for each trial; drop it.")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError(f"workers must be a whole number >= 1, got {self.workers!r}.")
+        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise ConfigError(f"the reconstruction tolerance must be a number >= 0, got {self.tolerance!r}.")
+        if self.eval_samples is not None and self.eval_samples < 10:
+            raise ConfigError(f"eval_samples must be at least 10, got {self.eval_samples}.")
+        if self.udr_samples < 10:
+            raise ConfigError(f"udr_samples must be at least 10, got {self.udr_samples}.")
+        if self.udr_correlation not in CORRELATIONS:
+            raise ConfigError(f"unknown UDR correlation '{self.udr_correlation}'; choose one of: {', '.join(CORRELATIONS)}.")
+        if not isinstance(self.heartbeat_seconds, int) or self.heartbeat_seconds < 1:
+            raise ConfigError(f"heartbeat must be a whole number of seconds >= 1, got {self.heartbeat_seconds!r}.")
+        if self.metrics != "all":
+            unknown = [m for m in self.metrics.split(",") if m.strip() and m.strip() not in METRIC_TYPES]
+            if unknown or not self.metrics.strip():
+                raise ConfigError(f"unknown metric(s) {unknown or [self.metrics]}; choose from: {', '.join(METRIC_TYPES)} or 'all'.")
+        if self.metric is not None:
+            head = self.metric.split(".")[0]
+            if self.metric != "udr" and head not in METRIC_TYPES:
+                raise ConfigError(f"unknown metric '{self.metric}' to rank by; choose udr, one of "
+                                  f"{', '.join(METRIC_TYPES)}, or METRIC.VALUE such as dci.disentanglement.")
+            if self.metric != "udr" and self.metrics != "all" and head not in [m.strip() for m in self.metrics.split(",")]:
+                raise ConfigError(f"--metric {self.metric} is not among the evaluated --metrics {self.metrics}; add {head}.")
+        check_storage_url(self.storage_url)
+        for weight, seed in self.grid()[:1]:
+            self.trial_config(weight, seed).validate()  # the shared training config, checked before any work
+        return self
+
+
+def metric_key(metric: str) -> str:
+    """``mig`` -> ``mig.mig``; ``dci`` -> ``dci.disentanglement``; ``udr`` and ``a.b`` stay."""
+    if metric == "udr" or "." in metric:
+        return metric
+    return f"{metric}.{PRIMARY_VALUES.get(metric, metric)}"
+
+
+def check_storage_url(url: str) -> str:
+    """The SQLAlchemy URL Optuna should use for ``url``; a ConfigError for anything but SQLite/PostgreSQL."""
+    scheme = url.split(":", 1)[0].lower() if "://" in url else ""
+    dialect, _, driver = scheme.partition("+")
+    if dialect not in STORAGE_SCHEMES:
+        raise ConfigError(f"unsupported study storage '{url}'; use sqlite:///PATH/study.db or "
+                          "postgresql://USER:PASSWORD@HOST:PORT/DATABASE.")
+    if dialect == "sqlite":
+        if not url.startswith("sqlite:///") or url == "sqlite:///":
+            raise ConfigError(f"a SQLite storage URL needs a file path, e.g. sqlite:///sweep/study.db; got '{url}'.")
+        return url
+    rest = url.split("://", 1)[1]
+    if not driver:
+        driver = _postgres_driver()
+    return f"postgresql+{driver}://{rest}"
+
+
+def _postgres_driver() -> str:
+    try:
+        import psycopg  # noqa: F401
+
+        return "psycopg"
+    except ImportError:
+        pass
+    try:
+        import psycopg2  # noqa: F401
+
+        return "psycopg2"
+    except ImportError:
+        raise ConfigError("a PostgreSQL storage needs a driver; install it with: pip install 'betavae[postgres]'.") from None
+
+
+def default_workers_threads(workers: int) -> int:
+    """Torch threads per local worker so that K workers share the machine's cores."""
+    return max(1, (os.cpu_count() or 1) // max(workers, 1))

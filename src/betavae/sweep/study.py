@@ -1,0 +1,327 @@
+"""The sweep's Optuna study: a fixed grid of (weight, seed) trials that any number of workers, on one
+machine or many, share through one storage (SQLite by default, PostgreSQL across machines).
+
+How each grid point runs exactly once:
+
+* The grid is a set of enqueued trials (``Study.enqueue_trial``: state WAITING, fixed params). The
+  process that creates the study enqueues it; a later run adds only grid points no trial holds.
+* A worker claims a WAITING trial by moving it to RUNNING with ``storage.set_trial_state_values``,
+  which the RDB storage does under a row lock (``SELECT ... FOR UPDATE``): of two workers claiming one
+  trial, exactly one succeeds. Right after claiming, a worker drops its trial (PRUNED, with
+  ``duplicate_of``) if the same grid point already completed or is running under an older trial.
+* A running trial records an Optuna heartbeat every ``heartbeat_seconds``. A trial whose heartbeat is
+  older than three intervals (its worker was killed, its machine lost) is failed by
+  ``optuna.storages.fail_stale_trials`` and re-enqueued by ``RetryHeartbeatStaleTrialCallback``; a
+  trial held by a dead process on this very machine is reclaimed at once. The retry resumes the
+  trial's run directory from its newest checkpoint.
+* A trial that fails on its own (NaN loss, bad data) is recorded as FAIL with its error and is not
+  retried: it would fail again. Ctrl-C re-enqueues the interrupted trial before exiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+import threading
+import time
+import warnings
+from typing import Any, Iterator, TextIO
+
+from betavae.errors import BetaVAEError, ConfigError
+from betavae.sweep.spec import SweepSpec, check_storage_url
+
+HOST = socket.gethostname()
+#: Study attribute holding the sweep's definition; a run with other settings must use another study.
+SPEC_ATTR = "betavae_sweep"
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("betavae sweep needs Optuna; install it with: pip install optuna") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def open_study(spec: SweepSpec) -> Any:
+    """Create the study (enqueueing the grid) or join the existing one; its definition must match."""
+    optuna = _optuna()
+    from sqlalchemy.exc import SQLAlchemyError
+
+    url = check_storage_url(spec.storage_url)
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}  # several local workers write to one file
+    else:
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        storage = optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_seconds,
+            grace_period=3 * spec.heartbeat_seconds,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+        )
+        # get_storage adds Optuna's cache of finished trials; the study and this module share it
+        storage = optuna.storages.get_storage(storage)
+        created = True
+        try:
+            study = optuna.create_study(study_name=spec.name, storage=storage, direction="minimize")
+        except optuna.exceptions.DuplicatedStudyError:
+            created = False
+            study = optuna.load_study(study_name=spec.name, storage=storage)
+        wanted = spec.comparison_key()
+        if created:
+            study.set_user_attr(SPEC_ATTR, wanted)
+            enqueue_missing(study, spec)
+        else:
+            saved = _wait_for_attr(study, SPEC_ATTR)
+            if saved is None:  # the creator died before describing the study: adopt it
+                study.set_user_attr(SPEC_ATTR, wanted)
+            elif saved != wanted:
+                diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+                raise ConfigError(
+                    f"study '{spec.name}' in {_safe_url(spec.storage_url)} was started with other settings "
+                    f"({', '.join(diff)} differ); run the same command as before, or use another --out / --study-name."
+                )
+    except SQLAlchemyError as exc:
+        raise BetaVAEError(f"cannot use the study storage {_safe_url(spec.storage_url)}: {_one_line(exc)}") from None
+    return study
+
+
+def _wait_for_attr(study: Any, name: str, seconds: float = 10.0) -> Any:
+    """A study attribute its creator is about to write (None if it never comes)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = study.user_attrs.get(name)
+        if value is not None or time.monotonic() > deadline:
+            return value
+        time.sleep(0.2)
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without its password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+    return url
+
+
+def grid_point(trial: Any) -> tuple[float, int] | None:
+    """The (weight, seed) a trial stands for: its params, or the fixed params it was enqueued with."""
+    params = trial.params or trial.system_attrs.get("fixed_params") or {}
+    if "weight" not in params or "seed" not in params:
+        return None
+    return float(params["weight"]), int(params["seed"])
+
+
+def _terminal(trial: Any) -> bool:
+    """Completed, or failed on its own (not by being interrupted)."""
+    name = trial.state.name
+    return name == "COMPLETE" or (name == "FAIL" and "error" in trial.user_attrs)
+
+
+def enqueue_missing(study: Any, spec: SweepSpec) -> int:
+    """Enqueue every grid point no trial holds (waiting, running or finished); the number added."""
+    held = {grid_point(t) for t in study.get_trials(deepcopy=False)
+            if t.state.name in ("WAITING", "RUNNING", "COMPLETE") or _terminal(t)}
+    missing = [p for p in spec.grid() if p not in held]
+    for weight, seed in missing:
+        study.enqueue_trial({"weight": weight, "seed": seed}, skip_if_exists=False)
+    return len(missing)
+
+
+def _alive_here(worker: str | None) -> bool | None:
+    """Whether the process ``host:pid`` lives, when it ran on this machine (None: cannot tell)."""
+    if not worker or ":" not in worker:
+        return None
+    host, pid = worker.rsplit(":", 1)
+    if host != HOST or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reclaim(study: Any) -> None:
+    """Fail and re-enqueue RUNNING trials whose worker is gone: stale heartbeat (any machine), or a
+    dead process on this machine (at once)."""
+    optuna = _optuna()
+    with warnings.catch_warnings():  # experimental since Optuna 2.9 and stable in use since
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if _alive_here(trial.user_attrs.get("worker")) is False and trial.user_attrs.get("worker") != _me():
+            _fail_and_retry(study, storage, trial._trial_id)
+
+
+def _fail_and_retry(study: Any, storage: Any, trial_id: int) -> None:
+    optuna = _optuna()
+    try:
+        if not storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+            return
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return  # another worker got there first
+    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, storage.get_trial(trial_id))
+
+
+def _me() -> str:
+    return f"{HOST}:{os.getpid()}"
+
+
+def claim(study: Any) -> Any | None:
+    """Claim the oldest WAITING trial whose grid point is not already done or being run; None if none."""
+    optuna = _optuna()
+    TrialState = optuna.trial.TrialState
+    storage = study._storage
+    for waiting in sorted(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number):
+        try:
+            if not storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        trial = optuna.trial.Trial(study, waiting._trial_id)
+        storage.record_heartbeat(trial._trial_id)
+        trial.set_user_attr("worker", _me())
+        point = grid_point(waiting)
+        others = [t for t in study.get_trials(deepcopy=False) if t.number != waiting.number and grid_point(t) == point]
+        first = next((t for t in others if _terminal(t) or (t.state.name == "RUNNING" and t.number < waiting.number)), None)
+        if point is None or first is not None:
+            trial.set_user_attr("duplicate_of", None if first is None else first.number)
+            study.tell(trial, state=TrialState.PRUNED)
+            continue
+        return trial
+    return None
+
+
+@contextlib.contextmanager
+def heartbeat(study: Any, trial_id: int, seconds: float) -> Iterator[None]:
+    """Record the trial's heartbeat every ``seconds`` in a background thread while the block runs."""
+    stop = threading.Event()
+    storage = study._storage
+
+    def beat() -> None:
+        while not stop.wait(seconds):
+            with contextlib.suppress(Exception):  # a missed beat is retried; a long outage makes the trial stale
+                storage.record_heartbeat(trial_id)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def progress(study: Any, spec: SweepSpec) -> dict[str, list[tuple[float, int]]]:
+    """Grid points that are done (completed or failed for good), running, and left."""
+    trials = study.get_trials(deepcopy=False)
+    done = {grid_point(t) for t in trials if _terminal(t)}
+    running = {grid_point(t) for t in trials if t.state.name == "RUNNING"} - done
+    grid = spec.grid()
+    return {"done": [p for p in grid if p in done], "running": [p for p in grid if p in running],
+            "left": [p for p in grid if p not in done and p not in running]}
+
+
+def format_progress(state: dict[str, list[tuple[float, int]]], spec: SweepSpec, started: float) -> str:
+    elapsed = time.monotonic() - started
+    def show(points: list[tuple[float, int]]) -> str:
+        return " ".join(f"{spec.weight_symbol}={w:g}/s{s}" for w, s in points) or "-"
+    return (f"betavae sweep: {len(state['done'])}/{len(spec.grid())} done, {len(state['running'])} running, "
+            f"{len(state['left'])} left; {elapsed:.0f}s elapsed | running: {show(state['running'])}")
+
+
+def work(spec: SweepSpec, stream: TextIO | None = None, max_trials: int | None = None) -> int:
+    """Run trials of the sweep's study until every grid point is done; the number this worker ran."""
+    from betavae.sweep.trial import run_trial
+
+    optuna = _optuna()
+    stream = stream or sys.stderr
+    study = open_study(spec)
+    started, ran, last_line = time.monotonic(), 0, ""
+    while max_trials is None or ran < max_trials:
+        reclaim(study)
+        trial = claim(study)
+        if trial is None:
+            state = progress(study, spec)
+            if not state["left"] and not state["running"]:
+                break
+            waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+            if not state["running"] and not waiting:
+                enqueue_missing(study, spec)  # a grid point lost its trial (a kill between fail and retry)
+                continue
+            line = format_progress(state, spec, started)
+            if line != last_line:
+                print(line + " (waiting for other workers)", file=stream, flush=True)
+                last_line = line
+            time.sleep(spec.poll_seconds)
+            continue
+        weight = trial.suggest_categorical("weight", spec.weights)
+        seed = trial.suggest_categorical("seed", spec.seeds)
+        name = spec.trial_name(weight, seed)
+        print(format_progress(progress(study, spec), spec, started) + f" | starting {name} (trial {trial.number})",
+              file=stream, flush=True)
+        trial_started = time.monotonic()
+        try:
+            with heartbeat(study, trial._trial_id, spec.heartbeat_seconds):
+                record = run_trial(spec, weight, seed, log_path=spec_log(spec, name))
+        except (KeyboardInterrupt, SystemExit):
+            _fail_and_retry(study, study._storage, trial._trial_id)  # interrupted, not failed: run it again later
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of one trial is recorded, the sweep goes on
+            trial.set_user_attr("error", f"{type(exc).__name__}: {_one_line(exc)}")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            print(f"betavae sweep: {name} failed: {_one_line(exc)} (log: {spec_log(spec, name)})", file=stream, flush=True)
+        else:
+            for key, value in record.items():
+                trial.set_user_attr(key, value)
+            trial.set_user_attr("seconds", round(time.monotonic() - trial_started, 2))
+            study.tell(trial, record["reconstruction"])
+            print(f"betavae sweep: {name} done in {time.monotonic() - trial_started:.1f}s: reconstruction "
+                  f"{record['reconstruction']:.4g}, KL {record['kl']:.4g}, {record['active_dims']} active dims",
+                  file=stream, flush=True)
+        ran += 1
+    return ran
+
+
+def spec_log(spec: SweepSpec, name: str) -> Any:
+    from pathlib import Path
+
+    return Path(spec.out) / "logs" / f"{name}.log"
+
+
+def collect(study: Any, spec: SweepSpec) -> list[dict[str, Any]]:
+    """One record per grid point: its completed trial, else its failed one (the newest of each)."""
+    by_point: dict[tuple[float, int], Any] = {}
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        point = grid_point(t)
+        if point is None or not _terminal(t):
+            continue
+        if point not in by_point or t.state.name == "COMPLETE":
+            by_point[point] = t
+    records = []
+    for weight, seed in spec.grid():
+        t = by_point.get((weight, seed))
+        record: dict[str, Any] = {"weight": weight, "seed": seed, "name": spec.trial_name(weight, seed),
+                                  "state": "MISSING" if t is None else t.state.name,
+                                  "trial": None if t is None else t.number}
+        if t is not None:
+            record.update(t.user_attrs)
+            record.pop("worker", None)
+        records.append(record)
+    return records
