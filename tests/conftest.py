@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+import torch
+
+# The tests train tiny models (batch 16): one thread is as fast as two on a quiet machine and many
+# times faster on a loaded one, where two-thread kernels spin against other processes. Subprocesses
+# started by tests inherit the variable.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 from betavae.data.dsprites import DSprites, render
 
