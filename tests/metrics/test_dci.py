@@ -32,7 +32,7 @@ def test_disentanglement_and_completeness_by_hand():
 
 
 def test_identity_is_disentangled_complete_and_informative():
-    train, test = _factors(600, 0), _factors(300, 1)
+    train, test = _factors(400, 0), _factors(200, 1)
     result = dci_from_codes(train.astype(float), train, test.astype(float), test)
     assert result["disentanglement"] >= 0.9
     assert result["completeness"] >= 0.9
@@ -40,8 +40,8 @@ def test_identity_is_disentangled_complete_and_informative():
 
 
 def test_constant_duplicated_and_rotated_codes_score_lower():
-    train, test = _factors(600, 0), _factors(300, 1)
-    flat = dci_from_codes(np.zeros((600, 3)), train, np.zeros((300, 3)), test)
+    train, test = _factors(400, 0), _factors(200, 1)
+    flat = dci_from_codes(np.zeros((400, 3)), train, np.zeros((200, 3)), test)
     assert flat["disentanglement"] == pytest.approx(0.0, abs=1e-9) and flat["completeness"] == pytest.approx(0.0, abs=1e-9)
     doubled = dci_from_codes(np.concatenate([train, train], 1).astype(float), train,
                              np.concatenate([test, test], 1).astype(float), test)
@@ -52,7 +52,7 @@ def test_constant_duplicated_and_rotated_codes_score_lower():
 
 
 def test_fast_importance_ranks_representations_like_the_reference():
-    train, test = _factors(600, 0), _factors(300, 1)
+    train, test = _factors(400, 0), _factors(200, 1)
     rotation = np.linalg.qr(np.random.default_rng(2).normal(size=(3, 3)))[0]
     good = dci_from_codes(train.astype(float), train, test.astype(float), test, importance="random_forest")
     bad = dci_from_codes(train @ rotation, train, test @ rotation, test, importance="random_forest")

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 from conftest import FactorGrid, constant, identity
 
 from betavae.metrics import modularity_explicitness, modularity_explicitness_from_codes
-from betavae.metrics.modularity import modularity
+from betavae.metrics.modularity import modularity, roc_auc
 
 SIZES = (3, 6, 10, 8)
 
@@ -44,3 +45,11 @@ def test_sampling_layer_is_seeded_and_bounded():
     assert first == modularity_explicitness(grid, identity, 5, num_train=1_000, num_test=500)
     assert all(0.0 <= v <= 1.0 for v in first.values())
     assert modularity_explicitness(grid, constant, 5, num_train=1_000, num_test=500)["modularity"] == 0.0
+
+
+def test_roc_auc_matches_scikit_learn_with_ties():
+    rng = np.random.default_rng(0)
+    labels = rng.random(200) < 0.3
+    scores = np.round(rng.random(200) + 0.3 * labels, 1)  # coarse scores: many ties
+    assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert roc_auc(np.array([False, True]), np.array([0.0, 1.0])) == 1.0

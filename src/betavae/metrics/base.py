@@ -181,11 +181,14 @@ class CodeTable:
 
 
 def encode_draw(dataset: ImageDataset, encode: Encode, draw: Draw, batch_size: int) -> dict[str, Encoded]:
-    """Encode every image of ``draw`` afresh (no reuse between or within its arrays)."""
-    return {
-        name: encode_indices(dataset, encode, idx, batch_size).reshape(idx.shape)
-        for name, idx in draw.indices.items()
-    }
+    """Encode every image of ``draw`` afresh, repeats included, in one stream of batches."""
+    flat = np.concatenate([idx.reshape(-1) for idx in draw.indices.values()])
+    encoded = encode_indices(dataset, encode, flat, batch_size)
+    out, start = {}, 0
+    for name, idx in draw.indices.items():
+        out[name] = encoded.take(slice(start, start + idx.size)).reshape(idx.shape)
+        start += idx.size
+    return out
 
 
 @dataclass(frozen=True)

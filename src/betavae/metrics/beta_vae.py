@@ -1,5 +1,6 @@
 """BetaVAE score (Higgins et al. 2017, "β-VAE: Learning Basic Visual Concepts with a Constrained
-Variational Framework", ICLR, section 3 and Appendix A.4), as in the disentanglement_lib protocol.
+Variational Framework", ICLR 2017, the "disentanglement metric" section), as in the disentanglement_lib
+protocol.
 
 A training point: choose a factor k; draw two groups of ``group_size`` factor vectors; copy factor k
 of the first group into the second; the feature is the mean over the pairs of |r(x1) - r(x2)| and
@@ -92,7 +93,7 @@ class BetaVAEScore(Metric):
 def beta_vae_score(dataset: ImageDataset, encode: Encode, rng: np.random.Generator | int = 0, *,
                    group_size: int = BetaVAEScore.group_size, num_train: int = BetaVAEScore.num_train,
                    num_eval: int = BetaVAEScore.num_eval, batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, float]:
-    """BetaVAE score (Higgins et al. 2017, Appendix A.4) of ``encode`` on ``dataset``.
+    """BetaVAE score (Higgins et al. 2017) of ``encode`` on ``dataset``.
 
     ``encode`` maps float32 images ``(n, C, H, W)`` to codes ``(n, D)``. Returns ``eval_accuracy``
     (the score, in [0, 1]) and ``train_accuracy``.

@@ -1,12 +1,12 @@
 """DCI: Disentanglement, Completeness, Informativeness (Eastwood & Williams 2018, "A Framework for
-the Quantitative Evaluation of Disentangled Representations", ICLR, section 2 and eqs. 1-3), as in
+the Quantitative Evaluation of Disentangled Representations", ICLR 2018, definitions of D, C and I), as in
 the disentanglement_lib protocol.
 
 One classifier per factor predicts it from all codes; R[i, j] is the importance of code i for
 factor j. With P_ij = R_ij / Σ_k R_ik:
 
-    D_i = 1 - H_K(P_i·),  D = Σ_i ρ_i D_i,  ρ_i = Σ_j R_ij / Σ R          (disentanglement, eq. 1-2)
-    C_j = 1 - H_D(P̃_·j), P̃_ij = R_ij / Σ_i R_ij, C = Σ_j (Σ_i R_ij / Σ R) C_j   (completeness, eq. 3)
+    D_i = 1 - H_K(P_i·),  D = Σ_i ρ_i D_i,  ρ_i = Σ_j R_ij / Σ R          (disentanglement)
+    C_j = 1 - H_D(P̃_·j), P̃_ij = R_ij / Σ_i R_ij, C = Σ_j (Σ_i R_ij / Σ R) C_j   (completeness)
 
 (entropies in base K = number of factors and D = number of codes); informativeness is the mean
 held-out accuracy of the classifiers (the paper uses prediction error of a regressor).
@@ -15,11 +15,11 @@ held-out accuracy of the classifiers (the paper uses prediction error of a regre
 GradientBoostingClassifier with default settings and its impurity-based feature importances. It
 fits one tree per class per stage (100 stages), so on dSprites (3 + 6 + 40 + 32 + 32 classes,
 10,000 samples) it takes minutes. ``importance="random_forest"`` is the fast option: one
-RandomForestClassifier per factor (100 trees of depth at most 8, all cores), whose trees serve all
-classes at once, about 20-40 times faster. Its impurity importances spread a little weight onto
-uninformative codes, so disentanglement and completeness come out somewhat lower than the
-reference on the same codes and informativeness differs; docs/metrics.md gives measured
-differences. Compare values only within one ``importance`` setting.
+RandomForestClassifier per factor (100 bagged trees of depth at most 8, every code considered at
+each split, all cores), whose trees serve all classes at once: about 20 times faster. On synthetic
+codes with dSprites' factor sizes its disentanglement and completeness came within about 0.05 of
+the reference on average (at most 0.1 lower), informativeness within 0.04 (docs/metrics.md gives
+the table). Compare values only within one ``importance`` setting.
 """
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ IMPORTANCES = ("gradient_boosting", "random_forest")
 def _make_classifier(importance: str, random_state: int):
     if importance == "gradient_boosting":
         return GradientBoostingClassifier(random_state=random_state)
-    return RandomForestClassifier(n_estimators=100, max_depth=8, n_jobs=-1, random_state=random_state)
+    # bagged depth-8 trees that consider every code at each split: of the forests tried, the one
+    # whose importances come closest to the reference's (docs/metrics.md)
+    return RandomForestClassifier(n_estimators=100, max_depth=8, max_features=None, n_jobs=-1,
+                                  random_state=random_state)
 
 
 def importance_matrix(codes_train: np.ndarray, factors_train: np.ndarray, codes_test: np.ndarray,
@@ -71,7 +74,7 @@ def importance_matrix(codes_train: np.ndarray, factors_train: np.ndarray, codes_
 
 
 def disentanglement(matrix: np.ndarray) -> float:
-    """Importance-weighted mean over codes of 1 - H_K(P_i·) (Eastwood & Williams 2018, eqs. 1-2)."""
+    """Importance-weighted mean over codes of 1 - H_K(P_i·) (Eastwood & Williams 2018)."""
     per_code = np.clip(1.0 - entropy_normalized(matrix, axis=1), 0.0, 1.0)
     if matrix.sum() == 0:
         matrix = np.ones_like(matrix)
@@ -79,7 +82,7 @@ def disentanglement(matrix: np.ndarray) -> float:
 
 
 def completeness(matrix: np.ndarray) -> float:
-    """Importance-weighted mean over factors of 1 - H_D(P̃_·j) (Eastwood & Williams 2018, eq. 3)."""
+    """Importance-weighted mean over factors of 1 - H_D(P̃_·j) (Eastwood & Williams 2018)."""
     per_factor = np.clip(1.0 - entropy_normalized(matrix, axis=0), 0.0, 1.0)
     if matrix.sum() == 0:
         matrix = np.ones_like(matrix)

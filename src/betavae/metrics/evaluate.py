@@ -85,12 +85,18 @@ class Evaluation:
     seconds: dict[str, float] = field(default_factory=dict)
     #: Seconds spent encoding the shared table (``cache`` True only).
     encode_seconds: float = 0.0
-    #: Images the metrics asked for (with repeats) and images passed through the encoder.
+    #: Images the metrics asked for (with repeats), images encoded, and images passed through the
+    #: encoder counting the padding of each stream's last batch.
     images_requested: int = 0
     images_encoded: int = 0
+    images_forwarded: int = 0
 
     def parameters(self, name: str) -> dict[str, Any]:
         return asdict(self.metrics[name])
+
+
+def _padded(n: int, batch_size: int) -> int:
+    return -(-n // batch_size) * batch_size
 
 
 def evaluate_with_details(encode: Encode, dataset: ImageDataset, metrics: str | Iterable[str] = "all", seed: int = 0,
@@ -121,6 +127,7 @@ def evaluate_with_details(encode: Encode, dataset: ImageDataset, metrics: str | 
         table = CodeTable(dataset, encode, all_indices, batch_size)
         result.encode_seconds = time.perf_counter() - start
         result.images_encoded = len(table)
+        result.images_forwarded = _padded(len(table), batch_size)
     for name, metric in built.items():
         start = time.perf_counter()
         draw = draws[name]
@@ -129,6 +136,7 @@ def evaluate_with_details(encode: Encode, dataset: ImageDataset, metrics: str | 
         else:
             encoded = encode_draw(dataset, encode, draw, batch_size)
             result.images_encoded += draw.num_images
+            result.images_forwarded += _padded(draw.num_images, batch_size)
         result.values[name] = metric.score(draw, encoded, rngs[name])
         result.seconds[name] = seconds[name] + time.perf_counter() - start
     return result

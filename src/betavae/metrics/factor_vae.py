@@ -1,4 +1,4 @@
-"""FactorVAE score (Kim & Mnih 2018, "Disentangling by Factorising", ICML, section 4), as in the
+"""FactorVAE score (Kim & Mnih 2018, "Disentangling by Factorising", ICML 2018, the disentanglement metric it proposes), as in the
 disentanglement_lib protocol.
 
 Codes are first divided by their global standard deviation (dimensions with std < 0.05 are dropped
@@ -117,7 +117,7 @@ def factor_vae_score(dataset: ImageDataset, encode: Encode, rng: np.random.Gener
                      num_variance_estimate: int = FactorVAEScore.num_variance_estimate,
                      prune_threshold: float = FactorVAEScore.prune_threshold,
                      batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, float]:
-    """FactorVAE score (Kim & Mnih 2018, section 4) of ``encode`` on ``dataset``.
+    """FactorVAE score (Kim & Mnih 2018) of ``encode`` on ``dataset``.
 
     Returns ``eval_accuracy`` (the score, in [0, 1]), ``train_accuracy`` and ``num_active_dims``.
     """

@@ -1,5 +1,5 @@
 """Mutual Information Gap (Chen et al. 2018, "Isolating Sources of Disentanglement in Variational
-Autoencoders", NeurIPS, section 5, eq. 5).
+Autoencoders", NeurIPS 2018, the MIG definition).
 
     MIG = 1/K Σ_k (I(z_(1); v_k) - I(z_(2); v_k)) / H(v_k)
 
@@ -81,7 +81,7 @@ def mig_chen_from_posterior(mu: np.ndarray, logvar: np.ndarray, factors: np.ndar
     """MIG by Chen et al.'s estimator from the posterior of every image ``(N, D)`` and its factors ``(N, K)``.
 
     I(z_j; v_k) = H(z_j) - Σ_v p(v) H(z_j | v_k = v), each entropy estimated from the posterior
-    mixture of the images concerned (section 5 and Appendix C of Chen et al. 2018); clamped at 0 and
+    mixture of the images concerned, as Chen et al.'s published code does; clamped at 0 and
     normalised by H(v_k) (log of the factor size on a full grid).
     """
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -149,7 +149,7 @@ def mig(dataset: ImageDataset, encode: Encode, rng: np.random.Generator | int = 
         num_train: int = MIG.num_train, num_bins: int = MIG.num_bins, variant: str = MIG.variant,
         chen_factors: tuple[str, ...] | None = MIG.chen_factors, chen_num_samples: int = MIG.chen_num_samples,
         batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, float]:
-    """Mutual Information Gap (Chen et al. 2018, eq. 5) of ``encode`` on ``dataset``: ``{"mig"}`` in [0, 1]."""
+    """Mutual Information Gap (Chen et al. 2018) of ``encode`` on ``dataset``: ``{"mig"}`` in [0, 1]."""
     metric = MIG(num_train=num_train, num_bins=num_bins, variant=variant, chen_factors=chen_factors,
                  chen_num_samples=chen_num_samples)
     return metric.compute(dataset, encode, rng, batch_size)

@@ -1,5 +1,5 @@
 """Modularity and explicitness (Ridgeway & Mozer 2018, "Learning Deep Disentangled Embeddings With
-the F-Statistic Loss", NeurIPS, section 3), as in the disentanglement_lib protocol.
+the F-Statistic Loss", NeurIPS 2018, the modularity and explicitness definitions), as in the disentanglement_lib protocol.
 
 Modularity: a code dimension is modular when it carries information about one factor only. With
 m_ij the mutual information of code i (20 equal-width bins) and factor j, θ_i = max_j m_ij and t_i
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 
 from betavae.data.base import ImageDataset
 from betavae.errors import ConfigError
@@ -31,7 +31,7 @@ from betavae.metrics.utils import (NUM_BINS, check_codes_factors, check_same_dim
 
 
 def modularity(mutual_info: np.ndarray) -> float:
-    """Modularity (Ridgeway & Mozer 2018, section 3) of a mutual-information matrix ``(D, K)``."""
+    """Modularity (Ridgeway & Mozer 2018) of a mutual-information matrix ``(D, K)``."""
     squared = np.asarray(mutual_info, dtype=np.float64) ** 2
     best = squared.max(axis=1)
     num_factors = squared.shape[1]
@@ -43,9 +43,21 @@ def modularity(mutual_info: np.ndarray) -> float:
     return float(np.mean(per_code))
 
 
+def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for boolean labels ``positive`` (ties count half).
+
+    The Mann-Whitney form, (rank sum of positives - n+(n+ + 1)/2) / (n+ n-), with average ranks for
+    ties: equal to ``sklearn.metrics.roc_auc_score`` and much cheaper to call hundreds of times.
+    """
+    ranks = rankdata(scores)
+    n_pos = int(np.sum(positive))
+    n_neg = len(positive) - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def _mean_auc(y: np.ndarray, probabilities: np.ndarray, classes: np.ndarray) -> float:
     """One-vs-rest ROC-AUC averaged over the classes that have positives and negatives in ``y``."""
-    scores = [roc_auc_score(y == c, probabilities[:, col]) for col, c in enumerate(classes)
+    scores = [roc_auc(y == c, probabilities[:, col]) for col, c in enumerate(classes)
               if 0 < np.sum(y == c) < len(y)]
     return float(np.mean(scores)) if scores else 0.5
 

@@ -1,5 +1,5 @@
 """Separated Attribute Predictability (Kumar et al. 2018, "Variational Inference of Disentangled
-Latent Concepts from Unlabeled Observations", ICLR, section 3), as in the disentanglement_lib protocol.
+Latent Concepts from Unlabeled Observations", ICLR 2018, the SAP score definition), as in the disentanglement_lib protocol.
 
 S[i, j] is how well code dimension i alone predicts factor j; SAP is the mean over factors of the
 gap between the best and second best dimension. The paper scores continuous factors with R² of a
@@ -56,7 +56,7 @@ def _r2_matrix(codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
 
 def sap_score_matrix(codes_train: np.ndarray, factors_train: np.ndarray, codes_test: np.ndarray,
                      factors_test: np.ndarray, continuous: bool = False, random_state: int = 0) -> np.ndarray:
-    """The predictability matrix ``S`` ``(D, K)`` (Kumar et al. 2018, section 3)."""
+    """The predictability matrix ``S`` ``(D, K)`` (Kumar et al. 2018)."""
     codes_train, factors_train = check_codes_factors(codes_train, factors_train, "train")
     codes_test, factors_test = check_codes_factors(codes_test, factors_test, "test")
     check_same_dims(codes_train, codes_test, "codes")
@@ -98,5 +98,5 @@ class SAP(Metric):
 def sap(dataset: ImageDataset, encode: Encode, rng: np.random.Generator | int = 0, *,
         num_train: int = SAP.num_train, num_test: int = SAP.num_test, continuous: bool = SAP.continuous,
         batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, float]:
-    """SAP score (Kumar et al. 2018, section 3) of ``encode`` on ``dataset``: ``{"sap"}``."""
+    """SAP score (Kumar et al. 2018) of ``encode`` on ``dataset``: ``{"sap"}``."""
     return SAP(num_train=num_train, num_test=num_test, continuous=continuous).compute(dataset, encode, rng, batch_size)

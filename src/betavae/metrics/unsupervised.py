@@ -9,7 +9,7 @@
 * ``mutual_info_score``: mean over pairs of distinct dimensions of their discrete mutual
   information (20 equal-width bins), in nats.
 * ``active_units``: dimensions whose mean code varies across images, Var_x(E[z_d | x]) > 0.01
-  (Burda et al. 2016, "Importance Weighted Autoencoders", section 5.2).
+  (Burda et al. 2016, "Importance Weighted Autoencoders", ICLR 2016).
 * ``kl_dim_<d>`` and ``kl_total`` (only with an encoder from ``encoder_fn``): the mean over images
   of KL(q(z_d | x) ‖ N(0, 1)) = ½ (mu² + σ² - log σ² - 1), per dimension and summed.
 """
