@@ -48,11 +48,11 @@ def run_sweep(spec: SweepSpec, stream: TextIO | None = None) -> dict[str, Any]:
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
     spec.metric = resolve_metric(spec)
+    study = sweep_study.open_study(spec)  # storage problems and mismatched settings fail here, before any work
     print(f"betavae sweep: {len(spec.grid())} trials ({spec.objective}, {spec.weight_symbol} in "
           f"{', '.join(f'{w:g}' for w in spec.weights)}; seeds {', '.join(map(str, spec.seeds))}) in study "
           f"'{spec.name}' at {sweep_study._safe_url(spec.storage_url)}; ranking by {metric_key(spec.metric)}",
           file=stream, flush=True)
-    study = sweep_study.open_study(spec)  # storage problems and mismatched settings fail here, before any work
     if spec.workers == 1:
         sweep_study.work(spec, stream)
     else:

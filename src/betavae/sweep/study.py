@@ -46,6 +46,14 @@ def _optuna() -> Any:
     return optuna
 
 
+@contextlib.contextmanager
+def _quiet(optuna: Any) -> Iterator[None]:
+    """Optuna's heartbeat API is marked experimental (since 2.8/2.9); its warnings say nothing to a user."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -64,11 +72,12 @@ def open_study(spec: SweepSpec) -> Any:
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
         engine_kwargs["pool_pre_ping"] = True
     try:
-        storage = optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_seconds,
-            grace_period=3 * spec.heartbeat_seconds,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
-        )
+        with _quiet(optuna):
+            storage = optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_seconds,
+                grace_period=3 * spec.heartbeat_seconds,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+            )
         # get_storage adds Optuna's cache of finished trials; the study and this module share it
         storage = optuna.storages.get_storage(storage)
         created = True
@@ -160,8 +169,7 @@ def reclaim(study: Any) -> None:
     """Fail and re-enqueue RUNNING trials whose worker is gone: stale heartbeat (any machine), or a
     dead process on this machine (at once)."""
     optuna = _optuna()
-    with warnings.catch_warnings():  # experimental since Optuna 2.9 and stable in use since
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with _quiet(optuna):
         optuna.storages.fail_stale_trials(study)
     storage = study._storage
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -176,7 +184,8 @@ def _fail_and_retry(study: Any, storage: Any, trial_id: int) -> None:
             return
     except optuna.exceptions.UpdateFinishedTrialError:
         return  # another worker got there first
-    optuna.storages.RetryHeartbeatStaleTrialCallback()(study, storage.get_trial(trial_id))
+    with _quiet(optuna):
+        optuna.storages.RetryHeartbeatStaleTrialCallback()(study, storage.get_trial(trial_id))
 
 
 def _me() -> str:
