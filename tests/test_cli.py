@@ -65,6 +65,8 @@ def test_demo_never_overwrites_an_earlier_demo(tmp_path, monkeypatch):
 
     calls = []
     monkeypatch.setattr("betavae.training.train", lambda config: calls.append(config.out) or tmp_path)
+    record = {"metrics": {"mig": {"values": {"mig": 0.1}}}}
+    monkeypatch.setattr("betavae.metrics.evaluate_run", lambda run, metrics, seed: record)
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo-2").mkdir()
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--steps", "5"]) == 0
@@ -81,5 +83,19 @@ def test_resume_refuses_other_settings(small_npy, tmp_path, capsys):
 def test_help_lists_commands():
     result = _run("--help")
     assert result.returncode == 0
-    for command in ("train", "demo", "traverse"):
+    for command in ("train", "demo", "traverse", "evaluate"):
         assert command in result.stdout
+
+
+def test_evaluate_prints_a_table_and_writes_the_file(small_npy, tmp_path, capsys):
+    import betavae
+
+    run = betavae.train(betavae.TrainConfig(data=str(small_npy), steps=5, batch_size=16, latents=3,
+                                            out=str(tmp_path / "run"), figures=False))
+    code = main(["evaluate", str(run), "--metrics", "unsupervised"])
+    out = capsys.readouterr().out
+    assert code == 0 and "unsupervised" in out and (run / "evaluation.json").is_file()
+    code = main(["evaluate", str(run), "--metrics", "mig"])
+    assert code == 2 and "factor" in capsys.readouterr().err  # MIG needs ground-truth factors
+    code = main(["evaluate", str(run), "--metrics", "nonsense"])
+    assert code == 2 and "unknown metric" in capsys.readouterr().err
