@@ -1,4 +1,4 @@
-"""Helpers for the objective tests: fake encoder outputs with a fixed seed, one CPU thread."""
+"""Helpers for the objective tests: fake encoder outputs with a fixed seed."""
 
 from __future__ import annotations
 
@@ -8,15 +8,6 @@ import torch
 from betavae.models.vae import VAEOutput
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run small tensors: one thread avoids oversubscribing a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def fake_output():
     """The factory :func:`make_fake_output`."""
@@ -24,7 +15,7 @@ def fake_output():
 
 
 def make_fake_output(batch: int = 8, latents: int = 3, seed: int = 0, dtype: torch.dtype = torch.float32,
-                pixels: int = 8) -> tuple[VAEOutput, torch.Tensor]:
+                     pixels: int = 8) -> tuple[VAEOutput, torch.Tensor]:
     """A :class:`VAEOutput` with random posteriors, a reparameterised z, and a binary batch ``x``."""
     g = torch.Generator().manual_seed(seed)
     mu = torch.randn(batch, latents, generator=g, dtype=dtype)
