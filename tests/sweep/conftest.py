@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -73,7 +74,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory):
+def postgres_server():
     """A PostgreSQL cluster on a free local port, trust authentication, removed afterwards."""
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not bins:
@@ -83,7 +84,8 @@ def postgres_server(tmp_path_factory):
     except ImportError:
         _service_missing("the psycopg driver is missing; pip install 'betavae[postgres]'")
     bindir = Path(bins[-1]).parent
-    root = tmp_path_factory.mktemp("pg")
+    # not under pytest's basetemp: that folder is private to this user and the server may run as another
+    root = Path(tempfile.mkdtemp(prefix="betavae-pg-"))
     datadir, sockets = root / "data", root / "sockets"
     sockets.mkdir()
     run_as: list[str] = []
@@ -96,8 +98,11 @@ def postgres_server(tmp_path_factory):
             os.chown(path, user.pw_uid, user.pw_gid)
         run_as = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
-    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(datadir), "-A", "trust", "-U", "sweep", "--no-sync"],
-                   check=True, capture_output=True)
+    init = subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(datadir), "-A", "trust", "-U", "sweep",
+                           "--no-sync"], capture_output=True, text=True)
+    if init.returncode:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"initdb failed: {init.stderr.strip()}")
     options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
     subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(datadir), "-o", options, "-l", str(root / "log"),
                     "-w", "-t", "60", "start"], check=True, capture_output=True)
