@@ -81,9 +81,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     print(f"betavae: evaluating (MIG and unsupervised measures; {DEMO_METRICS_NOTE})", file=sys.stderr)
     record = evaluate_run(run_dir, metrics="mig,unsupervised", seed=0)
+    from betavae.report import run_report
+
+    run_report(run_dir, seed=args.seed)  # again, now with the metrics
     print(
         f"\nDemo finished. Metrics (disentanglement_lib protocol, mean codes):\n{format_table(record)}\n\n"
         f"Open these files:\n"
+        f"  {run_dir}/report.html                   all of the below and the metrics in one page, for a browser\n"
         f"  {run_dir}/figures/training_curves.png   reconstruction, KL and β·KL, KL per dimension\n"
         f"  {run_dir}/figures/traversals.png        one row per latent (sorted by KL), swept from -3 to 3\n"
         f"  {run_dir}/figures/traversals.gif        the same, animated\n"
@@ -226,12 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     traverse.add_argument("--seed", type=int, default=0, help="chooses the images shown (default: 0)")
     traverse.set_defaults(func=cmd_traverse)
 
-    evaluate = sub.add_parser("evaluate", help="disentanglement metrics of a trained run (BetaVAE, FactorVAE, MIG, SAP, DCI, ...)",
+    evaluate = sub.add_parser("evaluate", help="disentanglement metrics of a trained run (BetaVAE and FactorVAE scores, MIG, SAP, DCI, ...)",
                               description="Evaluate RUN's encoder with the disentanglement_lib protocol (mean codes, "
                                           "factors as class indices) and write RUN/evaluation.json. See docs/metrics.md.")
     evaluate.add_argument("run", metavar="RUN", help="run directory")
     evaluate.add_argument("--metrics", default="all", metavar="LIST",
-                          help="'all' or a comma-separated list of: beta_vae, factor_vae, mig, sap, dci, "
+                          help="'all' or a comma-separated list of: beta_vae_score, factor_vae_score, mig, sap, dci, "
                                "modularity_explicitness, unsupervised, ... (default: all the data supports)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the metric samples (default: 0)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=1024, help="images per encoder pass (default: 1024)")
