@@ -208,6 +208,9 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
 
         figures = make_figures(run_dir, model.eval(), dataset, history, diagnosis, seed=config.seed)
         log.message(f"betavae: figures in {figures}")
+        from betavae.report import run_report
+
+        log.message(f"betavae: report in {run_report(run_dir, model, dataset, seed=config.seed)}")
     log.message(f"betavae: done; model, logs and figures are in {run_dir}")
     return run_dir
 

@@ -1,0 +1,311 @@
+"""``RUN/report.html``: what a run learned, in one self-contained page (see docs/report.md).
+
+Sections, by anchor: ``config``, ``diagnosis``, ``curves``, ``kl``, ``reconstructions``,
+``samples``, ``traversals``, ``metrics``; with ground-truth factors also ``mutual-information`` and
+``latent-factor``. A section whose inputs do not exist yet (no evaluation, an unfinished run, data
+that moved) says so and how to get it, instead of failing the report.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from betavae.data import dataset_from_config
+from betavae.data.base import FactorDataset, ImageDataset
+from betavae.errors import BetaVAEError
+from betavae.models.vae import VAE
+from betavae.report import charts
+from betavae.report.analysis import (MI_IMAGES, NUM_BINS, factor_entropies, mean_code_by_factor,
+                                     mutual_information_matrix, sample_codes)
+from betavae.report.figures import FIGURES_DIR, make_figures, plot_training_curves
+from betavae.report.html import Section, empty, esc, figure, fmt_number, img, img_file, page, table, write_page
+from betavae.training.config import TrainConfig
+from betavae.training.logging import read_metrics
+
+REPORT_FILE = "report.html"
+#: Written by ``betavae evaluate RUN`` (``betavae.metrics.evaluate_run``).
+EVALUATION_FILE = "evaluation.json"
+FIGURE_FILES = ("training_curves.png", "reconstructions.png", "samples.png", "traversals.png", "traversals.gif")
+#: Logged keys drawn in the main curves figure, or not about learning (throughput, time).
+MAIN_CURVE_KEYS = ("step", "reconstruction", "kl", "weighted_kl", "kl_per_dim", "images_per_second", "elapsed_seconds")
+#: Logged by every objective (the rest of a record's numeric keys are the objective's own terms).
+SHARED_TERMS = ("elbo", "loss", "active_dims")
+
+
+def run_report(run_dir: str | Path, model: VAE | None = None, dataset: ImageDataset | None = None, *,
+               seed: int = 0, mi_images: int = MI_IMAGES) -> Path:
+    """Write ``run_dir/report.html`` and return its path.
+
+    ``model`` and ``dataset`` default to the run's final model and its training data; figures that
+    are missing from ``RUN/figures`` are drawn first. ``seed`` picks the images shown and those
+    encoded (``mi_images`` of them) for the factor sections.
+    """
+    run_dir = Path(run_dir)
+    config = TrainConfig.load(run_dir)
+    history = read_metrics(run_dir)
+    diagnosis = _read_json(run_dir / "diagnosis.json")
+    problems: list[str] = []  # why model-based sections are missing
+    if model is None:
+        from betavae.training import load
+
+        try:
+            model = load(run_dir)
+        except BetaVAEError as exc:
+            problems.append(f"the final model cannot be loaded: {exc}")
+    if dataset is None and model is not None:
+        try:
+            dataset = dataset_from_config(config)
+        except BetaVAEError as exc:
+            problems.append(f"the training data cannot be read: {exc}")
+    if model is not None:
+        model.eval()
+    figures_dir = run_dir / FIGURES_DIR
+    if (model is not None and dataset is not None and history and diagnosis
+            and not all((figures_dir / name).is_file() for name in FIGURE_FILES)):
+        make_figures(run_dir, model, dataset, history, diagnosis, seed=seed)
+    kl_per_dim = diagnosis["kl_per_dim"] if diagnosis else (history[-1]["kl_per_dim"] if history else None)
+    why_missing = "; ".join(problems) or (
+        "the run has no figures yet: finish or resume it (<code>betavae train --resume RUN</code>), "
+        "then run <code>betavae report RUN</code>."
+    )
+
+    sections = [
+        Section("config", "Configuration", _config_section(config, dataset, history, diagnosis)),
+        Section("diagnosis", "Diagnosis", _diagnosis_section(diagnosis)),
+        Section("curves", "Training curves", _curves_section(history, figures_dir, config.collapse_threshold)),
+        Section("kl", "KL per latent dim", _kl_section(kl_per_dim, config.collapse_threshold)),
+        Section("reconstructions", "Reconstructions", _figure_or_note(
+            figures_dir / "reconstructions.png", "reconstructions", why_missing,
+            "Top row: images of the training data; bottom row: their reconstructions, decoded from the "
+            "posterior mean. Blurry or missing details show what the code leaves out.", pixelated=True, width=900)),
+        Section("samples", "Samples of the prior", _figure_or_note(
+            figures_dir / "samples.png", "samples", why_missing,
+            "Images decoded from 64 draws of the prior N(0, I). Good samples mean the posteriors cover the "
+            "prior; implausible ones, holes in the code space.", pixelated=True, width=560)),
+        Section("traversals", "Latent traversals", _traversals_section(figures_dir, why_missing)),
+        Section("metrics", "Disentanglement metrics", _metrics_section(run_dir, dataset)),
+    ]
+    if isinstance(dataset, FactorDataset) and model is not None and kl_per_dim is not None:
+        sections += _factor_sections(model, dataset, kl_per_dim, config.collapse_threshold, seed, mi_images)
+    document = page(f"betavae report: {run_dir.name}", _intro(config, run_dir, dataset, diagnosis), sections)
+    return write_page(run_dir / REPORT_FILE, document)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _objective_words(name: str) -> str:
+    """The objective's title where it has one, and the flag that selects it."""
+    from betavae.objectives import OBJECTIVES
+
+    title = getattr(OBJECTIVES.get(name), "title", None)
+    flag = f"<code>--objective {esc(name)}</code>"
+    return f"{esc(title)} ({flag})" if title else f"objective {flag}"
+
+
+def _data_words(config: TrainConfig, dataset: ImageDataset | None) -> str:
+    if dataset is None:
+        return esc(config.data or config.dataset)
+    c, h, w = dataset.image_shape
+    words = f"{esc(getattr(dataset, 'name', config.data or config.dataset))}: {len(dataset):,} images of {c}×{h}×{w}"
+    if isinstance(dataset, FactorDataset):
+        factors = ", ".join(f"{esc(n)} ({s})" for n, s in zip(dataset.factor_names, dataset.factor_sizes))
+        words += f", ground-truth factors {factors}"
+    else:
+        words += ", no factor labels"
+    return words
+
+
+def _intro(config: TrainConfig, run_dir: Path, dataset: ImageDataset | None, diagnosis: dict[str, Any] | None) -> str:
+    weight = f" ({esc(diagnosis['weight'])})" if diagnosis and diagnosis.get("weight") else ""
+    text = (f"{_objective_words(config.objective)}{weight} with {config.latents} latent dims, trained for "
+            f"{config.steps:,} steps on {_data_words(config, dataset)}.")
+    if diagnosis:
+        text += (f" At step {diagnosis['step']:,}: reconstruction {diagnosis['reconstruction']:.4g} nats per image, "
+                 f"KL {diagnosis['kl']:.3g} nats, {len(diagnosis['active_dims'])} of {len(diagnosis['kl_per_dim'])} "
+                 "dims active.")
+    return f"<p>{text}</p><p>Run directory <code>{esc(run_dir.resolve())}</code>.</p>"
+
+
+def _config_section(config: TrainConfig, dataset: ImageDataset | None, history: list[dict[str, Any]],
+                    diagnosis: dict[str, Any] | None) -> str:
+    weight = diagnosis["weight"] if diagnosis and diagnosis.get("weight") else None
+    likelihood = config.likelihood + (f" (scale {config.likelihood_scale:g})" if config.likelihood != "bernoulli" else "")
+    items = [
+        ("Objective", _objective_words(config.objective) + (f", {esc(weight)}" if weight else "")),
+        ("Data", _data_words(config, dataset)),
+        ("Model", f"{esc(config.arch)} encoder and decoder, {config.latents} latent dims, {esc(likelihood)} likelihood"),
+        ("Optimisation", f"{config.steps:,} steps of {config.batch_size} images, Adam, learning rate {config.lr:g}, "
+                         f"seed {config.seed}"),
+    ]
+    if history:
+        last = history[-1]
+        if "elapsed_seconds" in last:
+            items.append(("Time", f"{last['elapsed_seconds']:.0f} s of training"
+                                  + (f", {last['images_per_second']:,.0f} images/s at the end"
+                                     if "images_per_second" in last else "")))
+    listing = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in items)
+    full = table(("field", "value"), [(k, "" if v is None else v) for k, v in config.to_dict().items()])
+    return (f"<table>{listing}</table><details><summary>every setting (config.json)</summary>{full}</details>")
+
+
+def _diagnosis_section(diagnosis: dict[str, Any] | None) -> str:
+    if not diagnosis:
+        return empty("No diagnosis yet: it is written when training finishes. Finish or resume the run "
+                     "(<code>betavae train --resume RUN</code>).")
+    findings = "".join(f'<li class="{esc(f.get("level", "info"))}"><span class="level">{esc(f.get("level", ""))}</span>'
+                       f'{esc(f.get("text", ""))}</li>' for f in diagnosis.get("findings", []))
+    gain = diagnosis.get("reconstruction_gain")
+    rows = [
+        ("reconstruction NLL (nats / image)", diagnosis["reconstruction"]),
+        ("the same for a decoder that ignores z", diagnosis.get("baseline_reconstruction", float("nan"))),
+        ("improvement over ignoring z", f"{100 * gain:.0f}%" if isinstance(gain, (int, float)) else "–"),
+        ("KL (nats)", diagnosis["kl"]),
+        ("log N (the most information the data holds, nats)", diagnosis.get("kl_ceiling_log_n", float("nan"))),
+        ("active dims", ", ".join(f"z{d}" for d in diagnosis.get("active_dims", [])) or "none"),
+        ("collapsed dims", ", ".join(f"z{d}" for d in diagnosis.get("collapsed_dims", [])) or "none"),
+    ]
+    return (f'<ul class="findings">{findings}</ul>'
+            f'<p class="caption">From the last logged step ({diagnosis["step"]:,}); a dim is collapsed when its KL is '
+            f'below {diagnosis.get("collapse_threshold", 0):g} nats.</p>' + table(("measure", "value"), rows))
+
+
+def _curves_section(history: list[dict[str, Any]], figures_dir: Path, threshold: float) -> str:
+    if not history:
+        return empty("No logged training terms yet (<code>metrics.jsonl</code> is empty): the run has not reached its "
+                     "first logging step.")
+    main = figures_dir / "training_curves.png"
+    if main.is_file():
+        main_img = img_file(main, "reconstruction, KL, β·KL and KL per dim against step", "training_curves")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            plot_training_curves(history, Path(tmp) / "curves.png", threshold)
+            main_img = img_file(Path(tmp) / "curves.png", "reconstruction, KL, β·KL and KL per dim against step",
+                                "training_curves")
+    numeric = [k for k, v in history[-1].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    shared = [k for k in SHARED_TERMS if k in numeric]
+    own = [k for k in numeric if k not in MAIN_CURVE_KEYS and k not in SHARED_TERMS]
+    parts = [figure(main_img, "Left: reconstruction NLL. Middle: KL(q(z|x) ‖ p(z)) unweighted and the weighted "
+                              "regulariser (β·KL for the β-VAE). Right: the KL of each latent dim; dotted lines are "
+                              "dims that end collapsed.")]
+    if shared:
+        parts.append(figure(img(charts.term_curves(history, shared), "image/png", "ELBO, loss and active dims", "elbo_curves"),
+                            "The ELBO (−reconstruction − KL, a lower bound on log p(x)), the loss the optimiser "
+                            "minimised, and the number of active dims."))
+    if own:
+        parts.append("<h3>Terms of this objective</h3>")
+        parts.append(figure(img(charts.term_curves(history, own), "image/png", "objective-specific terms", "objective_terms"),
+                            "Every other term the objective logged: " + ", ".join(f"<code>{esc(k)}</code>" for k in own) + "."))
+    else:
+        parts.append('<p class="note">This objective logs no terms of its own.</p>')
+    return "".join(parts)
+
+
+def _kl_section(kl_per_dim: list[float] | None, threshold: float) -> str:
+    if not kl_per_dim:
+        return empty("No KL logged yet.")
+    return figure(img(charts.kl_bars(kl_per_dim, threshold), "image/png", "final KL per latent dim", "kl_bars"),
+                  f"KL of each latent dim at the end of training, largest first. Grey hatched bars are collapsed "
+                  f"(KL below {threshold:g} nats): they carry no information about the input, and the decoder ignores them.")
+
+
+def _figure_or_note(path: Path, name: str, why_missing: str, caption: str, pixelated: bool = False,
+                    width: int | None = None) -> str:
+    if not path.is_file():
+        return empty(f"No {esc(path.name)}: {why_missing}")
+    return figure(img_file(path, name, name, pixelated=pixelated, width=_fit(path, width)), caption)
+
+
+def _fit(path: Path, width: int | None) -> int | None:
+    """``width``, or the image's own width when it is narrower (small images are not blown up)."""
+    if width is None:
+        return None
+    with Image.open(path) as image:
+        return min(width, image.width)
+
+
+def _traversals_section(figures_dir: Path, why_missing: str) -> str:
+    gif, grid = figures_dir / "traversals.gif", figures_dir / "traversals.png"
+    if not gif.is_file() and not grid.is_file():
+        return empty(f"No traversals: {why_missing}")
+    parts = ['<p class="caption">Each latent dim swept from −3 to 3 with the others held at one image\'s code, '
+             "dims in order of KL. A dim that changes one thing (position, size, rotation, shape) and nothing else is "
+             "disentangled; a collapsed dim changes nothing.</p>"]
+    if gif.is_file():
+        with Image.open(gif) as image:  # small tiles: shown at twice their size
+            gif_width = min(2 * image.width, 900)
+        parts.append(figure(img_file(gif, "animated traversal of every dim", "traversals_gif", pixelated=True,
+                                     width=gif_width),
+                            "Animated: every dim (one tile each, KL order) moved together from −3 to 3 and back."))
+    if grid.is_file():
+        parts.append(figure(img_file(grid, "traversal grid, one row per dim", "traversals_grid"),
+                            "Grid: one row per dim, sorted by KL (nats, left)."))
+    return "".join(parts)
+
+
+def _metrics_section(run_dir: Path, dataset: ImageDataset | None) -> str:
+    no_factors = ("" if dataset is None or isinstance(dataset, FactorDataset) else
+                  '<p class="note">This data has no factor labels, so only unsupervised measures apply; label your '
+                  "images with <code>--factors labels.csv</code> to get the supervised metrics, the mutual-information "
+                  "heatmap and the latent-vs-factor plots.</p>")
+    path = run_dir / EVALUATION_FILE
+    if not path.is_file():
+        return empty(f"No evaluation yet: run <code>betavae evaluate {esc(run_dir)}</code>, then "
+                     f"<code>betavae report {esc(run_dir)}</code>.") + no_factors
+    record = _read_json(path)
+    try:
+        rows = [(metric, measure, float(value)) for metric, entry in record["metrics"].items()
+                for measure, value in entry["values"].items()]
+    except (TypeError, KeyError, AttributeError, ValueError) as exc:
+        return empty(f"{esc(path)} could not be read ({esc(type(exc).__name__)}: {esc(exc)}); evaluate again with "
+                     f"<code>betavae evaluate {esc(run_dir)}</code>.") + no_factors
+    details = [f"{k.replace('_', ' ')} {fmt_number(record[k])}" for k in ("seed", "representation", "images_encoded")
+               if k in record]
+    caption = (f'<p class="caption">From <code>evaluation.json</code>{": " + esc(", ".join(details)) if details else ""}. '
+               "Each metric's sample counts and parameters are in that file; docs/metrics.md defines them.</p>")
+    return table(("metric", "measure", "value"), rows) + caption + no_factors
+
+
+def _factor_sections(model: VAE, dataset: FactorDataset, kl_per_dim: list[float], threshold: float, seed: int,
+                     n: int) -> list[Section]:
+    codes, factors = sample_codes(model, dataset, n, np.random.default_rng(seed))
+    varying = [k for k, size in enumerate(dataset.factor_sizes) if size > 1 and len(np.unique(factors[:, k])) > 1]
+    names = [dataset.factor_names[k] for k in varying]
+    left_out = [dataset.factor_names[k] for k in range(len(dataset.factor_sizes)) if k not in varying]
+    left_out_note = (f" Factors with one value in the sample ({esc(', '.join(left_out))}) are left out." if left_out else "")
+    mi = mutual_information_matrix(codes, factors[:, varying], NUM_BINS)  # (D, K')
+    entropies = factor_entropies(factors[:, varying])
+    heatmap = figure(
+        img(charts.mutual_information_heatmap(mi, entropies, names, kl_per_dim, threshold), "image/png",
+            "mutual information between code dims and factors", "mutual_information"),
+        f"Mutual information between each code dim (rows, by KL) and each factor (columns), as a fraction of the "
+        f"factor's entropy, from the posterior means of {n:,} images drawn at random. Each dim's values are cut into "
+        f"{NUM_BINS} equal-width bins and the plug-in estimate of the joint histogram is used (the MIG protocol). In a "
+        f"disentangled code each factor's column has one dark cell, each in its own row. Values of a few hundredths "
+        f"are the estimator's upward bias on a finite sample, not information.{left_out_note}")
+    order = np.argsort(kl_per_dim)[::-1]
+    active = [int(d) for d in order if kl_per_dim[d] >= threshold]
+    if not active:
+        latent = empty("Every latent dim collapsed, so no code varies with any factor.")
+    else:
+        summaries = mean_code_by_factor(codes, factors[:, varying], tuple(dataset.factor_sizes[k] for k in varying))
+        values = [np.asarray(dataset.factor_values[k]) for k in varying]
+        latent = figure(
+            img(charts.latent_vs_factor(summaries, names, values, active, kl_per_dim, threshold), "image/png",
+                "mean code of each active dim against each factor", "latent_vs_factor"),
+            f"One row per active dim (by KL), one column per factor: the dim's mean code over the sampled images with "
+            f"each value of the factor, with a ±1 standard deviation band. A dim that encodes one factor rises or falls "
+            f"along that column and stays flat in the others.{left_out_note}")
+    return [Section("mutual-information", "Code–factor mutual information", heatmap),
+            Section("latent-factor", "Latents against factors", latent)]
