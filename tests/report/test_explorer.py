@@ -1,0 +1,166 @@
+import base64
+import http.client
+import io
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from betavae.cli import main
+from betavae.report.explorer import MAX_ABS, Explorer, make_server
+
+
+@pytest.fixture(scope="module")
+def server(beta_run):
+    explorer = Explorer(beta_run)
+    srv = make_server(explorer, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _url(server, path):
+    return f"http://127.0.0.1:{server.server_address[1]}{path}"
+
+
+def _request(server, path, body=None, raw=None, method=None, headers=None):
+    """(status, parsed JSON or text) of a request; ``raw`` bytes are sent as the body unchanged."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(_url(server, path), data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, text, kind = response.status, response.read().decode(), response.headers["Content-Type"]
+    except urllib.error.HTTPError as error:
+        status, text, kind = error.code, error.read().decode(), error.headers["Content-Type"]
+    return status, (json.loads(text) if kind == "application/json" else text)
+
+
+def _pixels(data_uri):
+    header, payload = data_uri.split(",", 1)
+    assert header == "data:image/png;base64"
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(payload))))
+
+
+def test_page_and_info(server, beta_run):
+    status, page = _request(server, "/")
+    assert status == 200 and 'id="sliders"' in page and 'id="decoded"' in page
+    status, info = _request(server, "/api/info")
+    assert status == 200
+    kl = json.loads((beta_run / "diagnosis.json").read_text())["kl_per_dim"]
+    assert info["latents"] == 4 and info["kl_per_dim"] == pytest.approx(kl)
+    assert [kl[d] for d in info["order"]] == sorted(kl, reverse=True)
+    assert info["collapsed"] == [v < info["collapse_threshold"] for v in kl]
+    assert info["dataset_size"] == 512 and info["image_shape"] == [1, 64, 64]
+
+
+def test_decode_follows_the_code(server):
+    status, zero = _request(server, "/api/decode", {"z": [0, 0, 0, 0]})
+    assert status == 200
+    base = _pixels(zero["image"])
+    assert base.shape == (64, 64)
+    _, info = _request(server, "/api/info")
+    moved = [0.0] * 4
+    moved[info["order"][0]] = 3.0
+    _, other = _request(server, "/api/decode", {"z": moved})
+    assert np.abs(_pixels(other["image"]).astype(int) - base).sum() > 0
+    _, again = _request(server, "/api/decode", {"z": [0.0, 0.0, 0.0, 0.0]})
+    assert np.array_equal(_pixels(again["image"]), base)  # deterministic: the decoder's mean
+
+
+def test_encode_a_dataset_image(server, beta_run):
+    import betavae
+    import torch
+
+    status, out = _request(server, "/api/encode", {"index": 7})
+    assert status == 200 and out["index"] == 7 and len(out["z"]) == 4
+    assert _pixels(out["image"]).shape == _pixels(out["reconstruction"]).shape == (64, 64)
+    labelled = np.load(json.loads((beta_run / "config.json").read_text())["data"])
+    assert np.array_equal(_pixels(out["image"]) > 127, labelled["images"][7] > 0)
+    mu, _ = betavae.load(beta_run).encode(torch.from_numpy(labelled["images"][7:8, None].astype(np.float32)))
+    assert out["z"] == pytest.approx(mu[0].tolist(), abs=1e-5)
+
+
+def test_thumbnails_and_samples(server):
+    status, out = _request(server, "/api/images?count=3&seed=5")
+    assert status == 200 and len(out["images"]) == 3
+    assert _request(server, "/api/images?count=3&seed=5")[1] == out
+    assert len({i["index"] for i in out["images"]}) == 3
+    first, second = _request(server, "/api/sample?seed=1")[1], _request(server, "/api/sample?seed=1")[1]
+    assert first == second and len(first["z"]) == 4
+    assert _request(server, "/api/sample")[1] != _request(server, "/api/sample")[1]
+
+
+@pytest.mark.parametrize("raw,status,message", [
+    (b'{"z": [0, 0, 0]}', 400, "has 3 values; this model has 4"),
+    (b'{"z": [0, 0, 0, 0, 0]}', 400, "has 5 values"),
+    (b'{"z": [0, "a", 0, 0]}', 400, '"z"[1] is "a", not a number'),
+    (b'{"z": [0, true, 0, 0]}', 400, "not a number"),
+    (b'{"z": [0, null, 0, 0]}', 400, "not a number"),
+    (b'{"z": [0, NaN, 0, 0]}', 400, "NaN is not a number JSON allows"),
+    (b'{"z": [0, 0, Infinity, 0]}', 400, "Infinity is not a number JSON allows"),
+    (b'{"z": [0, 0, 0, 1e400]}', 400, "not finite"),
+    (b'{"z": [0, 0, 0, 10.5]}', 422, "outside ±10"),
+    (b'{"z": [-11, 0, 0, 0]}', 422, "outside"),
+    (b'{"z": "0,0,0,0"}', 400, "must be a list"),
+    (b'[0, 0, 0, 0]', 400, "JSON object"),
+    (b'{"x": 1}', 400, "JSON object"),
+    (b'{"z": [0, 0', 400, "not valid JSON"),
+    (b'\xff\xfe', 400, "not valid JSON"),
+    (b'[' * 100000 + b']' * 100000, 413, "at most"),
+])
+def test_bad_decode_requests_get_a_4xx_with_a_message(server, raw, status, message):
+    got, body = _request(server, "/api/decode", raw=raw)
+    assert got == status and message in body["error"]
+
+
+def test_the_range_limit_is_inclusive(server):
+    assert _request(server, "/api/decode", {"z": [MAX_ABS, -MAX_ABS, 0, 0]})[0] == 200
+
+
+@pytest.mark.parametrize("path,body,status,message", [
+    ("/api/encode", {"index": 512}, 422, "between 0 and 511"),
+    ("/api/encode", {"index": -1}, 422, "between 0 and 511"),
+    ("/api/encode", {"index": 1.5}, 400, "whole number"),
+    ("/api/encode", {"index": "3"}, 200, None),
+    ("/api/encode", {"index": "x"}, 400, "whole number"),
+    ("/api/encode", {}, 400, "index"),
+    ("/api/images?count=0", None, 422, "between 1 and 64"),
+    ("/api/images?count=many", None, 400, "whole number"),
+    ("/api/sample?seed=-2", None, 422, "between 0 and"),
+    ("/api/nothing", None, 404, "no such page"),
+    ("/api/decode", None, 405, "GET is not allowed"),
+])
+def test_other_bad_requests(server, path, body, status, message):
+    got, out = _request(server, path, body)
+    assert got == status
+    if message:
+        assert message in out["error"]
+
+
+def test_missing_length_and_foreign_host_are_refused(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+    connection.putrequest("POST", "/api/decode")
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 411 and "Content-Length" in json.loads(response.read())["error"]
+    connection.close()
+    # a page on another site that resolves its name to 127.0.0.1 (DNS rebinding) sends its own Host
+    status, out = _request(server, "/api/info", headers={"Host": "attacker.example:80"})
+    assert status == 403 and "localhost" in out["error"]
+    assert _request(server, "/api/info", headers={"Host": f"localhost:{server.server_address[1]}"})[0] == 200
+
+
+def test_cli_explore_reports_a_busy_port(beta_run, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["explore", str(beta_run), "--port", str(busy.getsockname()[1])]) == 2
+    assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
