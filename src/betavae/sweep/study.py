@@ -71,37 +71,46 @@ def open_study(spec: SweepSpec) -> Any:
     else:
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
         engine_kwargs["pool_pre_ping"] = True
-    try:
-        with _quiet(optuna):
-            storage = optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_seconds,
-                grace_period=3 * spec.heartbeat_seconds,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
-            )
-        # get_storage adds Optuna's cache of finished trials; the study and this module share it
-        storage = optuna.storages.get_storage(storage)
-        created = True
+    for attempt in range(4):
         try:
-            study = optuna.create_study(study_name=spec.name, storage=storage, direction="minimize")
-        except optuna.exceptions.DuplicatedStudyError:
-            created = False
-            study = optuna.load_study(study_name=spec.name, storage=storage)
-        wanted = spec.comparison_key()
-        if created:
+            return _open(optuna, spec, url, engine_kwargs)
+        except SQLAlchemyError as exc:
+            # workers starting together race to create Optuna's tables and version row; one loses once
+            if attempt == 3:
+                raise BetaVAEError(f"cannot use the study storage {_safe_url(spec.storage_url)}: {_one_line(exc)}") from None
+            time.sleep(0.5 + 0.5 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _open(optuna: Any, spec: SweepSpec, url: str, engine_kwargs: dict[str, Any]) -> Any:
+    with _quiet(optuna):
+        storage = optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_seconds,
+            grace_period=3 * spec.heartbeat_seconds,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+        )
+    # get_storage adds Optuna's cache of finished trials; the study and this module share it
+    storage = optuna.storages.get_storage(storage)
+    created = True
+    try:
+        study = optuna.create_study(study_name=spec.name, storage=storage, direction="minimize")
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+        study = optuna.load_study(study_name=spec.name, storage=storage)
+    wanted = spec.comparison_key()
+    if created:
+        study.set_user_attr(SPEC_ATTR, wanted)
+        enqueue_missing(study, spec)
+    else:
+        saved = _wait_for_attr(study, SPEC_ATTR)
+        if saved is None:  # the creator died before describing the study: adopt it
             study.set_user_attr(SPEC_ATTR, wanted)
-            enqueue_missing(study, spec)
-        else:
-            saved = _wait_for_attr(study, SPEC_ATTR)
-            if saved is None:  # the creator died before describing the study: adopt it
-                study.set_user_attr(SPEC_ATTR, wanted)
-            elif saved != wanted:
-                diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-                raise ConfigError(
-                    f"study '{spec.name}' in {_safe_url(spec.storage_url)} was started with other settings "
-                    f"({', '.join(diff)} differ); run the same command as before, or use another --out / --study-name."
-                )
-    except SQLAlchemyError as exc:
-        raise BetaVAEError(f"cannot use the study storage {_safe_url(spec.storage_url)}: {_one_line(exc)}") from None
+        elif saved != wanted:
+            diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+            raise ConfigError(
+                f"study '{spec.name}' in {_safe_url(spec.storage_url)} was started with other settings "
+                f"({', '.join(diff)} differ); run the same command as before, or use another --out / --study-name."
+            )
     return study
 
 
