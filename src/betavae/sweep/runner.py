@@ -67,13 +67,13 @@ def _run_local_workers(spec: SweepSpec, study: Any, stream: TextIO) -> None:
                  for i in range(spec.workers)]
     for p in processes:
         p.start()
-    started, last = time.monotonic(), ""
+    started, last, shown_at = time.monotonic(), None, 0.0
     try:
         while any(p.is_alive() for p in processes):
-            line = sweep_study.format_progress(sweep_study.progress(study, spec), spec, started)
-            if line != last:
-                print(line, file=stream, flush=True)
-                last = line
+            state = sweep_study.progress(study, spec)
+            if state != last or time.monotonic() - shown_at > 60:  # on every change, else once a minute
+                print(sweep_study.format_progress(state, spec, started), file=stream, flush=True)
+                last, shown_at = state, time.monotonic()
             time.sleep(spec.poll_seconds)
     except KeyboardInterrupt:
         for p in processes:

@@ -271,7 +271,7 @@ def work(spec: SweepSpec, stream: TextIO | None = None, max_trials: int | None =
     optuna = _optuna()
     stream = stream or sys.stderr
     study = open_study(spec)
-    started, ran, last_line = time.monotonic(), 0, ""
+    started, ran, last_state = time.monotonic(), 0, None
     while max_trials is None or ran < max_trials:
         reclaim(study)
         trial = claim(study)
@@ -283,10 +283,9 @@ def work(spec: SweepSpec, stream: TextIO | None = None, max_trials: int | None =
             if not state["running"] and not waiting:
                 enqueue_missing(study, spec)  # a grid point lost its trial (a kill between fail and retry)
                 continue
-            line = format_progress(state, spec, started)
-            if line != last_line:
-                print(line + " (waiting for other workers)", file=stream, flush=True)
-                last_line = line
+            if state != last_state:
+                print(format_progress(state, spec, started) + " (waiting for other workers)", file=stream, flush=True)
+                last_state = state
             time.sleep(spec.poll_seconds)
             continue
         weight = trial.suggest_categorical("weight", spec.weights)
