@@ -106,7 +106,7 @@ def plot_tradeoff(path: Path, trials: list[dict[str, Any]], metric: str, weight_
         ax.plot(*zip(*means), color="0.4", lw=1, marker="D", ms=5, zorder=0, label="mean per weight")
     ax.set_xlabel(metric)
     ax.set_ylabel("reconstruction NLL (nats per image)")
-    ax.set_title("trade-off: reconstruction against disentanglement")
+    ax.set_title("trade-off: reconstruction against\ndisentanglement", fontsize=10)
     ax.legend(fontsize=8)
     for ax, key, label in ((axes[1], "metric", metric), (axes[2], "reconstruction", "reconstruction NLL")):
         for t in done:
@@ -119,7 +119,7 @@ def plot_tradeoff(path: Path, trials: list[dict[str, Any]], metric: str, weight_
             ax.set_xscale("log")
         ax.set_xlabel(weight_symbol)
         ax.set_ylabel(label)
-        ax.set_title(f"{label} against {weight_symbol} (mean ± std over seeds)")
+        ax.set_title(f"{label} against {weight_symbol}\n(mean ± std over seeds)", fontsize=10)
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=100)
