@@ -13,7 +13,7 @@ from betavae.training.logging import read_metrics
 COMMON = ["config", "diagnosis", "curves", "kl", "reconstructions", "samples", "traversals", "metrics"]
 FACTOR_SECTIONS = ["mutual-information", "latent-factor"]
 COMMON_FIGURES = {
-    "curves": ["training_curves", "elbo_curves", "objective_terms"],
+    "curves": ["training_curves", "elbo_curves"],
     "kl": ["kl_bars"],
     "reconstructions": ["reconstructions"],
     "samples": ["samples"],
@@ -28,8 +28,11 @@ def _own_terms(run):
 
 def _check_common(page, run):
     assert page.external == []  # self-contained: nothing loads from elsewhere
+    records = read_metrics(run)
+    varying = [k for k in _own_terms(run) if len({r[k] for r in records}) > 1]  # plotted; constant ones in words
     for section, figures in COMMON_FIGURES.items():
-        assert page.figures(section) == figures, section
+        expected = figures + (["objective_terms"] if section == "curves" and varying else [])
+        assert page.figures(section) == expected, section
     diagnosis = json.loads((run / "diagnosis.json").read_text())
     for finding in diagnosis["findings"]:
         assert finding["text"] in page.text["diagnosis"]
@@ -51,6 +54,7 @@ def test_beta_run_with_factors_has_every_section_and_the_evaluation(beta_run, pa
     assert page.figures("mutual-information") == ["mutual_information"]
     assert page.figures("latent-factor") == ["latent_vs_factor"]
     assert "600 images" in page.text["mutual-information"]
+    assert "Constant through the run: beta = 4." in page.text["curves"]  # a constant β schedule, in words
     assert "No evaluation yet" not in page.text["metrics"]
     for entry in record["metrics"].values():
         for measure, value in entry["values"].items():
@@ -65,6 +69,7 @@ def test_factor_objective_report_shows_its_own_terms(tmp_path, labelled_npz, tra
     assert page.sections == COMMON + FACTOR_SECTIONS
     _check_common(page, run)
     assert {"total_correlation", "discriminator_loss"} <= set(_own_terms(run))
+    assert page.figures("curves")[-1] == "objective_terms"
     assert "--objective factor" in page.text["config"]
 
 

@@ -129,8 +129,8 @@ def latent_vs_factor(summaries: Sequence[tuple[np.ndarray, np.ndarray]], factor_
             ax.plot(x, mean[dim], color="tab:blue", lw=1.3, marker="." if len(x) <= 12 else None)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
-            if not numeric and len(values) == len(x) and len(x) <= 8:
-                ax.set_xticks(x, [str(v) for v in values], fontsize=7)
+            if len(x) <= 8:  # few values (shape, scale): tick each one
+                ax.set_xticks(x, [f"{v:g}" if numeric else str(v) for v in (x if numeric else values)], fontsize=7)
             if row == 0:
                 ax.set_title(name, fontsize=9)
             if col == 0:

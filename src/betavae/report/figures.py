@@ -109,7 +109,7 @@ def plot_traversals(model: VAE, image: np.ndarray, kl_per_dim: list[float], coll
     scale = max(1, 96 // w)
     frames = []
     for t in list(range(v)) + list(range(v - 2, 0, -1)):
-        grid = _to_uint8(image_grid(rows[:, t], ncols=min(d, 5), pad=2))
+        grid = _to_uint8(image_grid(rows[:, t], ncols=d if d <= 8 else -(-d // 2), pad=2))  # one row, or two full ones
         img = Image.fromarray(grid).convert("RGB")
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
         canvas = Image.new("RGB", (img.width, img.height + 16), "white")

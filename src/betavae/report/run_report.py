@@ -203,11 +203,18 @@ def _curves_section(history: list[dict[str, Any]], figures_dir: Path, threshold:
         parts.append(figure(img(charts.term_curves(history, shared), "image/png", "ELBO, loss and active dims", "elbo_curves"),
                             "The ELBO (−reconstruction − KL, a lower bound on log p(x)), the loss the optimiser "
                             "minimised, and the number of active dims."))
+    constant = [k for k in own if len({r.get(k) for r in history}) == 1]
+    varying = [k for k in own if k not in constant]
     if own:
         parts.append("<h3>Terms of this objective</h3>")
-        parts.append(figure(img(charts.term_curves(history, own), "image/png", "objective-specific terms", "objective_terms"),
-                            "Every other term the objective logged: " + ", ".join(f"<code>{esc(k)}</code>" for k in own) + "."))
-    else:
+    if varying:
+        parts.append(figure(img(charts.term_curves(history, varying), "image/png", "objective-specific terms",
+                                "objective_terms"),
+                            "The objective's own logged terms: " + ", ".join(f"<code>{esc(k)}</code>" for k in varying) + "."))
+    if constant:
+        parts.append('<p class="note">Constant through the run: '
+                     + ", ".join(f"<code>{esc(k)}</code> = {esc(fmt_number(history[-1][k]))}" for k in constant) + ".</p>")
+    if not own:
         parts.append('<p class="note">This objective logs no terms of its own.</p>')
     return "".join(parts)
 
@@ -265,8 +272,8 @@ def _metrics_section(run_dir: Path, dataset: ImageDataset | None) -> str:
                      f"<code>betavae report {esc(run_dir)}</code>.") + no_factors
     record = _read_json(path)
     try:
-        rows = [(metric, measure, float(value)) for metric, entry in record["metrics"].items()
-                for measure, value in entry["values"].items()]
+        rows = [(metric if i == 0 else "", measure, float(value)) for metric, entry in record["metrics"].items()
+                for i, (measure, value) in enumerate(entry["values"].items())]  # each metric named once
     except (TypeError, KeyError, AttributeError, ValueError) as exc:
         return empty(f"{esc(path)} could not be read ({esc(type(exc).__name__)}: {esc(exc)}); evaluate again with "
                      f"<code>betavae evaluate {esc(run_dir)}</code>.") + no_factors
