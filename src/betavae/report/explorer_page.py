@@ -42,6 +42,7 @@ PAGE = r"""<!DOCTYPE html>
   #picker button { padding: 2px; line-height: 0; }
   #picker button.chosen { border: 2px solid var(--accent); }
   #picker img { width: 56px; height: 56px; }
+  #chosen { margin-top: 12px; }
   #chosen img { width: 150px; height: 150px; }
   #status { min-height: 1.4em; color: #b00020; font-size: 14px; margin: 6px 0; }
   .row { display: flex; gap: 8px; align-items: center; flex-wrap: wrap; }
@@ -57,6 +58,7 @@ PAGE = r"""<!DOCTYPE html>
       <button id="random" title="a draw of the prior N(0, I)">Random sample</button>
     </div>
     <div id="sliders"></div>
+    <datalist id="zero"><option value="0"></option></datalist>
     <p class="legend">One slider per latent dim, largest KL first; greyed dims are collapsed (their KL is below the
       threshold), so moving them changes little or nothing.</p>
   </div>
@@ -133,6 +135,7 @@ function buildSliders(info) {
     Object.assign(slider, { type: "range", id: `z${d}`, min: -info.slider_range, max: info.slider_range, step: 0.05,
                             value: 0 });
     slider.dataset.dim = d;
+    slider.setAttribute("list", "zero");  // a tick at 0, the prior's mean
     const output = document.createElement("output");
     output.textContent = "0.00";
     const kl = document.createElement("span");
