@@ -24,6 +24,7 @@ with both importance estimators on the same synthetic codes (the table in docs/m
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -93,6 +94,13 @@ def compare_dci(num_train: int) -> None:
                   f"{r['informativeness_test']:8.3f}{time.perf_counter() - start:9.1f}", flush=True)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads: less sensitive than wall time to other
+    processes sharing the cores."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
@@ -132,13 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"full protocol draws: {full_requested} images requested, {full_distinct} distinct "
           f"(encoder work ratio {full_requested / full_distinct:.2f}x)")
 
-    start = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    start, cpu = time.perf_counter(), cpu_seconds()
     cached = evaluate_with_details(encode, dataset, "all", args.seed, cache=True, batch_size=args.batch_size, params=params)
-    cached_wall = time.perf_counter() - start
+    cached_wall, cached_cpu = time.perf_counter() - start, cpu_seconds() - cpu
     cached_peak = peak_rss_mb()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     naive = evaluate_with_details(encode, dataset, "all", args.seed, cache=False, batch_size=args.batch_size, params=params)
-    naive_wall = time.perf_counter() - start
+    naive_wall, naive_cpu = time.perf_counter() - start, cpu_seconds() - cpu
     naive_peak = peak_rss_mb()
 
     print(f"this scale: {cached.images_requested} images requested; encoded {cached.images_encoded} with the "
@@ -149,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in cached.values:
         print(f"{name:26s}{cached.seconds[name]:10.1f}{naive.seconds[name]:10.1f}")
     print(f"{'wall (whole suite)':26s}{cached_wall:10.1f}{naive_wall:10.1f}")
-    print(f"\nnaive / cached wall time: {naive_wall / cached_wall:.2f}x")
+    print(f"{'CPU, all threads':26s}{cached_cpu:10.1f}{naive_cpu:10.1f}")
+    print(f"\nnaive / cached: wall time {naive_wall / cached_wall:.2f}x, CPU time {naive_cpu / cached_cpu:.2f}x "
+          f"(1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores)")
     same = cached.values == naive.values
     print(f"identical values: {same}")
     if not same:

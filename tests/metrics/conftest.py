@@ -45,12 +45,12 @@ class Unlabelled(ImageDataset):
 
     name = "unlabelled"
 
-    def __init__(self, n: int = 500, seed: int = 0):
-        self._images = np.random.default_rng(seed).random((n, 1, 2, 3)).astype(np.float32)
+    def __init__(self, n: int = 500, seed: int = 0, images: np.ndarray | None = None):
+        self._images = np.random.default_rng(seed).random((n, 1, 2, 3)).astype(np.float32) if images is None else images
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return (1, 2, 3)
+        return tuple(self._images.shape[1:])
 
     def __len__(self) -> int:
         return len(self._images)
@@ -60,6 +60,17 @@ class Unlabelled(ImageDataset):
 
     def training_store(self, device: torch.device | str = "cpu") -> ImageStore:
         return ImageStore.from_array(self._images, binary=False, device=device)
+
+
+def labelled_subset(sizes: tuple[int, ...] = (3, 4, 5, 6), n: int = 400, seed: int = 0):
+    """A LabelledDataset that is not a grid: random images of a grid, some combinations missing,
+    some repeated; each image shows its factors as ``FactorGrid`` does."""
+    from betavae.data.labelled import LabelledDataset
+
+    factors = FactorGrid(sizes).sample_factors(n, np.random.default_rng(seed))
+    images = factors.astype(np.float32).reshape(n, 1, 1, len(sizes))
+    return LabelledDataset(Unlabelled(images=images), factors, [f"f{j}" for j in range(len(sizes))],
+                           [np.arange(s) for s in sizes], name="labelled")
 
 
 def identity(images: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import Counting, FactorGrid, PosteriorEncoder, Unlabelled, constant, identity
+from conftest import Counting, FactorGrid, PosteriorEncoder, Unlabelled, constant, identity, labelled_subset
 
 from betavae.errors import ConfigError, DataError
 from betavae.metrics import (METRIC_TYPES, METRICS, evaluate, evaluate_with_details, format_table, metric_rng,
@@ -81,6 +81,19 @@ def test_same_seed_same_values_and_metrics_do_not_depend_on_each_other():
     assert alone == first["sap"]
 
 
+def test_values_lie_in_their_ranges():
+    results = evaluate(nonlinear, FactorGrid(SIZES), seed=4, params=SMALL)
+    unbounded = {"gaussian_total_correlation", "gaussian_wasserstein_correlation", "mutual_info_score",
+                 "gaussian_wasserstein_correlation_norm",
+                 "active_units", "num_active_dims"}
+    for metric, values in results.items():
+        for key, value in values.items():
+            assert value >= 0.0, (metric, key)
+            if key not in unbounded:
+                assert value <= 1.0, (metric, key)
+    assert results["factor_vae_score"]["num_active_dims"] <= 5 and results["unsupervised"]["active_units"] <= 5
+
+
 def test_identity_scores_high_and_constant_low_through_evaluate():
     grid = FactorGrid(SIZES)
     good, bad = evaluate(identity, grid, params=SMALL), evaluate(constant, grid, params=SMALL)
@@ -88,6 +101,15 @@ def test_identity_scores_high_and_constant_low_through_evaluate():
     assert good["mig"]["mig"] > 0.8 and bad["mig"]["mig"] == 0.0
     assert good["modularity_explicitness"]["modularity"] > 0.9 and bad["modularity_explicitness"]["modularity"] == 0.0
     assert bad["factor_vae_score"]["eval_accuracy"] == 0.0 and bad["sap"]["sap"] == 0.0
+
+
+def test_labelled_data_that_is_not_a_grid():
+    dataset = labelled_subset()
+    assert not dataset.is_full_grid
+    cached = evaluate(identity, dataset, seed=1, params=SMALL)
+    assert cached == evaluate(identity, dataset, seed=1, params=SMALL, cache=False)
+    assert cached["beta_vae_score"]["eval_accuracy"] == 1.0 and cached["factor_vae_score"]["eval_accuracy"] == 1.0
+    assert cached["mig"]["mig"] > 0.8
 
 
 def test_metric_selection():
