@@ -67,6 +67,7 @@ def test_demo_never_overwrites_an_earlier_demo(tmp_path, monkeypatch):
     monkeypatch.setattr("betavae.training.train", lambda config: calls.append(config.out) or tmp_path)
     record = {"metrics": {"mig": {"values": {"mig": 0.1}}}}
     monkeypatch.setattr("betavae.metrics.evaluate_run", lambda run, metrics, seed: record)
+    monkeypatch.setattr("betavae.report.run_report", lambda run, seed: tmp_path / "report.html")
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo-2").mkdir()
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--steps", "5"]) == 0

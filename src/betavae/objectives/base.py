@@ -25,6 +25,8 @@ class Objective(nn.Module):
     """Base class: a loss on a :class:`VAEOutput`, plus optional auxiliary training."""
 
     name: str = "objective"
+    #: How logs, progress lines and figures name ``weighted_kl`` (the regulariser added to the NLL).
+    regulariser_label: str = "regulariser"
     #: the smallest batch the regulariser is defined on (batch statistics need at least 2 codes)
     min_batch_size: int = 1
 

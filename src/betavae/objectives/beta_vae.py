@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 class BetaVAE(Objective):
     name = "beta"
+    regulariser_label = "β·KL"
 
     def __init__(self, beta: float = 4.0, schedule: Schedule | None = None, likelihood: str = "bernoulli",
                  likelihood_scale: float = 0.1):

@@ -39,6 +39,7 @@ def covariance_deviation(covariance: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 class DIPVAE(Objective):
+    regulariser_label = "KL+DIP"
     """The DIP-VAE penalty on :meth:`covariance`; the types are :class:`DIPVAEI` and :class:`DIPVAEII`."""
 
     min_batch_size = 2

@@ -75,6 +75,7 @@ class Discriminator(nn.Module):
 
 class FactorVAE(Objective):
     name = "factor"
+    regulariser_label = "KL+γ·TC"
     min_batch_size = 2
 
     def __init__(self, latents: int, gamma: float = 35.0, discriminator_lr: float = 1e-4, seed: int = 0,

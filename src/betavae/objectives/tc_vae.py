@@ -92,6 +92,7 @@ def tc_decomposition(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, da
 
 class BetaTCVAE(Objective):
     name = "tc"
+    regulariser_label = "αMI+βTC+γKLd"
     min_batch_size = 2
 
     def __init__(self, dataset_size: int, alpha: float = 1.0, beta: float = 6.0, gamma: float = 1.0,

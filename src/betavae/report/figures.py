@@ -120,15 +120,17 @@ def plot_traversals(model: VAE, image: np.ndarray, kl_per_dim: list[float], coll
         frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=120, loop=0)
 
 
-def plot_training_curves(history: list[dict[str, Any]], path: Path, collapse_threshold: float) -> None:
-    """Reconstruction, KL and β·KL against step, and the KL of each latent dim against step."""
+def plot_training_curves(history: list[dict[str, Any]], path: Path, collapse_threshold: float,
+                         regulariser_label: str = "β·KL") -> None:
+    """Reconstruction, KL and the weighted regulariser (β·KL for the β-VAE) against step, and the KL
+    of each latent dim against step."""
     steps = [r["step"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     axes[0].plot(steps, [r["reconstruction"] for r in history], color="tab:blue")
     axes[0].set_title("reconstruction NLL (nats / image)")
     axes[1].plot(steps, [r["kl"] for r in history], label="KL (unweighted)", color="tab:orange")
     if "weighted_kl" in history[0]:
-        axes[1].plot(steps, [r["weighted_kl"] for r in history], label="β·KL (weighted)", color="tab:red", ls="--")
+        axes[1].plot(steps, [r["weighted_kl"] for r in history], label=f"{regulariser_label} (weighted)", color="tab:red", ls="--")
     axes[1].set_title("KL(q(z|x) || p(z)) (nats)")
     axes[1].legend(fontsize=8)
     per_dim = np.array([r["kl_per_dim"] for r in history])  # (T, D)
@@ -148,6 +150,19 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path, collapse_thr
     plt.close(fig)
 
 
+def _regulariser_label(run_dir: Path) -> str:
+    """How the run's objective names its weighted regulariser (β·KL for the β-VAE)."""
+    import json
+
+    from betavae.objectives import OBJECTIVES
+
+    try:
+        objective = json.loads((Path(run_dir) / "config.json").read_text())["objective"]
+        return OBJECTIVES[objective].regulariser_label
+    except (OSError, ValueError, KeyError):
+        return "weighted regulariser"
+
+
 def make_figures(run_dir: Path, model: VAE, dataset: ImageDataset, history: list[dict[str, Any]],
                  diagnosis: dict[str, Any], seed: int = 0) -> Path:
     """Write every figure of a run into ``RUN/figures/``; returns that directory."""
@@ -160,5 +175,6 @@ def make_figures(run_dir: Path, model: VAE, dataset: ImageDataset, history: list
     plot_samples(model, out / "samples.png", torch.Generator().manual_seed(seed))
     plot_traversals(model, images[0], diagnosis["kl_per_dim"], diagnosis["collapse_threshold"],
                     out / "traversals.png", out / "traversals.gif")
-    plot_training_curves(history, out / "training_curves.png", diagnosis["collapse_threshold"])
+    plot_training_curves(history, out / "training_curves.png", diagnosis["collapse_threshold"],
+                         _regulariser_label(run_dir))
     return out

@@ -48,15 +48,17 @@ def _fmt(value: float) -> str:
 class TrainingLog:
     """Writes each logged record to JSONL and TensorBoard and shows progress on the terminal.
 
-    On a terminal a progress bar shows step, reconstruction, KL and β·KL; elsewhere (a file, CI) one
-    plain line is printed per logged record.
+    On a terminal a progress bar shows step, reconstruction, KL and the weighted regulariser (β·KL
+    for the β-VAE, named by ``regulariser_label``); elsewhere (a file, CI) one plain line is printed
+    per logged record.
     """
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, stream: TextIO | None = None,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, regulariser_label: str = "β·KL"):
         self.run_dir = Path(run_dir)
         self.stream = stream or sys.stderr
         self.total_steps = total_steps
+        self.regulariser_label = regulariser_label
         self._jsonl = open(self.run_dir / METRICS_FILE, "a", buffering=1)
         self._writer = None
         if tensorboard:
@@ -84,7 +86,7 @@ class TrainingLog:
                     self._writer.add_scalar(key, value, step)
         summary = (
             f"recon {_fmt(record['reconstruction'])}  KL {_fmt(record['kl'])}  "
-            f"β·KL {_fmt(record.get('weighted_kl', float('nan')))}  active {record['active_dims']}"
+            f"{self.regulariser_label} {_fmt(record.get('weighted_kl', float('nan')))}  active {record['active_dims']}"
         )
         if self._bar is not None:
             self._bar.set_postfix_str(summary, refresh=False)

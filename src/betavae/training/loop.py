@@ -133,7 +133,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     store = dataset.training_store(device)
     baseline = reconstruction_baseline(dataset, config.likelihood, config.likelihood_scale, np.random.default_rng(config.seed))
     model_spec = {"arch": config.arch, "latents": config.latents, "image_shape": list(dataset.image_shape)}
-    log = TrainingLog(run_dir, config.steps, start, stream)
+    log = TrainingLog(run_dir, config.steps, start, stream, regulariser_label=objective.regulariser_label)
     log.message(
         f"betavae: training {config.objective} ({objective.weight_label()}) on {getattr(dataset, 'name', 'data')} "
         f"({len(dataset)} images {tuple(dataset.image_shape)}) with {config.arch}, {config.latents} latents, "
@@ -174,7 +174,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
             is_log_step = done % config.log_every == 0 or done == config.steps
             is_checkpoint_step = done % config.checkpoint_every == 0 or done == config.steps
             if is_log_step or is_checkpoint_step:
-                _check_finite(sums, model, done, config, run_dir)
+                _check_finite(sums, model, done, config, run_dir, objective.weight_label())
             if is_log_step and sums_count:  # (every step of the interval may have been skipped)
                 elapsed = time.perf_counter() - interval_start
                 speed = interval_steps * config.batch_size / elapsed
@@ -222,7 +222,8 @@ def _step_is_finite(loss: torch.Tensor, model: VAE) -> bool:
     return bool(torch.isfinite(total))
 
 
-def _check_finite(sums: dict[str, Any], model: VAE, step: int, config: TrainConfig, run_dir: Path) -> None:
+def _check_finite(sums: dict[str, Any], model: VAE, step: int, config: TrainConfig, run_dir: Path,
+                  weight: str) -> None:
     """Stop with a clear message when the logged loss or the weights are NaN/inf (before any checkpoint)."""
     loss = sums.get("loss")
     bad_loss = loss is not None and not math.isfinite(float(loss))
@@ -231,7 +232,7 @@ def _check_finite(sums: dict[str, Any], model: VAE, step: int, config: TrainConf
         kept = f"The last good checkpoint, {checkpoints[-1]}, is kept." if checkpoints else "No checkpoint had been written yet."
         raise TrainingError(
             f"the loss or the weights became NaN or infinite by step {step}. Likely causes: a learning rate too high "
-            f"(--lr {config.lr:g}), a very large β ({config.beta:g}), or a likelihood scale too small "
+            f"(--lr {config.lr:g}), a very large regularisation weight ({weight}), or a likelihood scale too small "
             f"(--likelihood-scale {config.likelihood_scale:g}). {kept} Lower --lr and train again, or "
             "pass --skip-nonfinite N to skip a few bad steps."
         )
