@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import FactorGrid, constant, identity
+from tests.metrics.conftest import FactorGrid, constant, identity
 
 from betavae.errors import DataError
 from betavae.metrics import beta_vae_score, beta_vae_score_from_codes

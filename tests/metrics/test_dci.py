@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import FactorGrid, constant, identity
+from tests.metrics.conftest import FactorGrid, constant, identity
 
 from betavae.errors import ConfigError
 from betavae.metrics import DCI, dci, dci_from_codes

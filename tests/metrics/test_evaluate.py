@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import Counting, FactorGrid, PosteriorEncoder, Unlabelled, constant, identity, labelled_subset
+from tests.metrics.conftest import Counting, FactorGrid, PosteriorEncoder, Unlabelled, constant, identity, labelled_subset
 
 from betavae.errors import ConfigError, DataError
 from betavae.metrics import (METRIC_TYPES, METRICS, evaluate, evaluate_with_details, format_table, metric_rng,

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import FactorGrid, constant, identity
+from tests.metrics.conftest import FactorGrid, constant, identity
 
 from betavae.errors import ConfigError
 from betavae.metrics import factor_vae_score, factor_vae_score_from_codes

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import DSPRITES_SIZES, FactorGrid, PosteriorEncoder, identity
+from tests.metrics.conftest import DSPRITES_SIZES, FactorGrid, PosteriorEncoder, identity
 
 from betavae.errors import ConfigError, DataError
 from betavae.metrics import MIG, mig, mig_chen_from_posterior, mig_from_codes

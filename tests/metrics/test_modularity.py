@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
-from conftest import FactorGrid, constant, identity
+from tests.metrics.conftest import FactorGrid, constant, identity
 
 from betavae.metrics import modularity_explicitness, modularity_explicitness_from_codes
 from betavae.metrics.modularity import modularity, roc_auc

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import FactorGrid, constant, identity
+from tests.metrics.conftest import FactorGrid, constant, identity
 
 from betavae.errors import DataError
 from betavae.metrics import sap, sap_from_codes

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import FactorGrid, PosteriorEncoder, Unlabelled, identity
+from tests.metrics.conftest import FactorGrid, PosteriorEncoder, Unlabelled, identity
 
 from betavae.errors import DataError
 from betavae.metrics import unsupervised, unsupervised_from_codes
