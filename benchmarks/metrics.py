@@ -10,7 +10,7 @@ drawn image afresh (``cache=False``), and prints:
    too on the naive path; the cached path's shared encoding on its own line);
 3. whether both paths gave identical values, and the peak resident memory after each path.
 
-    python benchmarks/metrics.py [--run RUN] [--scale 0.1] [--batch-size 1024] [--dci-importance random_forest]
+    python benchmarks/metrics.py [--run RUN] [--scale 0.1] [--batch-size 1024] [--dci-importance random_forest] [--threads 1]
     python benchmarks/metrics.py --compare-dci 10000
 
 ``--scale 1`` runs the protocol's sample counts (10,000 / 5,000 ...: about half an hour on 2 CPU
@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--dci-importance", default="gradient_boosting", choices=("gradient_boosting", "random_forest"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice); 1 makes CPU "
+                        "times comparable on a machine shared with other work")
     parser.add_argument("--compare-dci", type=int, metavar="N", help="instead: DCI with both importance "
                         "estimators on synthetic codes of N training samples (the docs' table uses 10000)")
     args = parser.parse_args(argv)
@@ -119,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         compare_dci(args.compare_dci)
         return 0
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.run:
         import betavae
         from betavae.data import dataset_from_config

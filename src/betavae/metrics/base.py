@@ -77,6 +77,9 @@ class Encoded:
 
         return Encoded(r(self.codes), r(self.mu), r(self.logvar))  # type: ignore[arg-type]
 
+    def codes_only(self) -> "Encoded":
+        return Encoded(self.codes)
+
     def take(self, positions: np.ndarray) -> "Encoded":
         def t(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else a[positions]
@@ -139,8 +142,10 @@ def encode_images(encode: Encode, images: np.ndarray) -> Encoded:
     return Encoded(_as_array(encode(images), len(images), "codes"))
 
 
-def encode_indices(dataset: ImageDataset, encode: Encode, indices: np.ndarray, batch_size: int) -> Encoded:
-    """Codes ``(n, D)`` for flat ``indices`` ``(n,)``, in forward passes of exactly ``batch_size`` images."""
+def encode_indices(dataset: ImageDataset, encode: Encode, indices: np.ndarray, batch_size: int,
+                   posterior: bool = True) -> Encoded:
+    """Codes ``(n, D)`` for flat ``indices`` ``(n,)``, in forward passes of exactly ``batch_size`` images
+    (``mu``/``logvar`` too when the encoder exposes them and ``posterior`` is set)."""
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     parts: list[Encoded] = []
     for start in range(0, len(indices), batch_size):
@@ -148,7 +153,8 @@ def encode_indices(dataset: ImageDataset, encode: Encode, indices: np.ndarray, b
         n = len(batch)
         if n < batch_size:  # pad with the last image so every pass has one batch shape
             batch = np.concatenate([batch, np.full(batch_size - n, batch[-1])])
-        parts.append(encode_images(encode, np.asarray(dataset.images(batch), dtype=np.float32)).take(slice(0, n)))
+        encoded = encode_images(encode, np.asarray(dataset.images(batch), dtype=np.float32)).take(slice(0, n))
+        parts.append(encoded if posterior else encoded.codes_only())
     if not parts:
         raise DataError("no images to encode: every sample count must be at least 1.")
     widths = {p.codes.shape[1] for p in parts}
@@ -164,26 +170,30 @@ def encode_indices(dataset: ImageDataset, encode: Encode, indices: np.ndarray, b
 class CodeTable:
     """Codes of distinct dataset images, looked up by flat index (the cache ``evaluate`` shares)."""
 
-    def __init__(self, dataset: ImageDataset, encode: Encode, indices: np.ndarray, batch_size: int):
+    def __init__(self, dataset: ImageDataset, encode: Encode, indices: np.ndarray, batch_size: int,
+                 posterior: bool = True):
         self.indices = np.unique(np.asarray(indices, dtype=np.int64))  # sorted, for searchsorted
-        self.encoded = encode_indices(dataset, encode, self.indices, batch_size)
+        self.encoded = encode_indices(dataset, encode, self.indices, batch_size, posterior)
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def lookup(self, indices: np.ndarray) -> Encoded:
-        """Codes for ``indices`` of any shape ``S``, shape ``S + (D,)``."""
+    def lookup(self, indices: np.ndarray, posterior: bool = True) -> Encoded:
+        """Codes for ``indices`` of any shape ``S``, shape ``S + (D,)`` (with the posterior if kept
+        and ``posterior`` is set)."""
         indices = np.asarray(indices, dtype=np.int64)
         positions = np.searchsorted(self.indices, indices.reshape(-1))
         if np.any(positions >= len(self.indices)) or np.any(self.indices[np.minimum(positions, len(self) - 1)] != indices.reshape(-1)):
             raise KeyError("an index was not encoded in this table")
-        return self.encoded.take(positions).reshape(indices.shape)
+        encoded = self.encoded if posterior else self.encoded.codes_only()
+        return encoded.take(positions).reshape(indices.shape)
 
 
-def encode_draw(dataset: ImageDataset, encode: Encode, draw: Draw, batch_size: int) -> dict[str, Encoded]:
+def encode_draw(dataset: ImageDataset, encode: Encode, draw: Draw, batch_size: int,
+                posterior: bool = True) -> dict[str, Encoded]:
     """Encode every image of ``draw`` afresh, repeats included, in one stream of batches."""
     flat = np.concatenate([idx.reshape(-1) for idx in draw.indices.values()])
-    encoded = encode_indices(dataset, encode, flat, batch_size)
+    encoded = encode_indices(dataset, encode, flat, batch_size, posterior)
     out, start = {}, 0
     for name, idx in draw.indices.items():
         out[name] = encoded.take(slice(start, start + idx.size)).reshape(idx.shape)
@@ -210,6 +220,11 @@ class Metric(ABC):
         """Whether ``score`` needs ``mu``/``logvar``, i.e. an encoder from ``encoder_fn``."""
         return False
 
+    @property
+    def uses_posterior(self) -> bool:
+        """Whether ``score`` uses ``mu``/``logvar`` when the encoder gives them (else they are dropped)."""
+        return self.needs_posterior
+
     @abstractmethod
     def draw(self, dataset: ImageDataset, rng: np.random.Generator) -> Draw:
         """All random image choices of the metric."""
@@ -234,4 +249,4 @@ class Metric(ABC):
         self.check(dataset, encode)
         rng = as_generator(rng)
         draw = self.draw(dataset, rng)
-        return self.score(draw, encode_draw(dataset, encode, draw, batch_size), rng)
+        return self.score(draw, encode_draw(dataset, encode, draw, batch_size, self.uses_posterior), rng)

@@ -124,7 +124,7 @@ def evaluate_with_details(encode: Encode, dataset: ImageDataset, metrics: str | 
     if cache:
         start = time.perf_counter()
         all_indices = np.concatenate([idx.reshape(-1) for d in draws.values() for idx in d.indices.values()])
-        table = CodeTable(dataset, encode, all_indices, batch_size)
+        table = CodeTable(dataset, encode, all_indices, batch_size, any(m.uses_posterior for m in built.values()))
         result.encode_seconds = time.perf_counter() - start
         result.images_encoded = len(table)
         result.images_forwarded = _padded(len(table), batch_size)
@@ -132,9 +132,9 @@ def evaluate_with_details(encode: Encode, dataset: ImageDataset, metrics: str | 
         start = time.perf_counter()
         draw = draws[name]
         if cache:
-            encoded = {key: table.lookup(idx) for key, idx in draw.indices.items()}
+            encoded = {key: table.lookup(idx, metric.uses_posterior) for key, idx in draw.indices.items()}
         else:
-            encoded = encode_draw(dataset, encode, draw, batch_size)
+            encoded = encode_draw(dataset, encode, draw, batch_size, metric.uses_posterior)
             result.images_encoded += draw.num_images
             result.images_forwarded += _padded(draw.num_images, batch_size)
         result.values[name] = metric.score(draw, encoded, rngs[name])

@@ -97,6 +97,10 @@ class Unsupervised(Metric):
     num_bins: int = NUM_BINS
     active_threshold: float = 0.01
 
+    @property
+    def uses_posterior(self) -> bool:
+        return True  # KL per dimension and active units from the mean
+
     def draw(self, dataset: ImageDataset, rng: np.random.Generator) -> Draw:
         return Draw(indices={"train": rng.integers(0, len(dataset), size=self.num_train)})
 
