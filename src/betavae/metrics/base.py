@@ -250,3 +250,17 @@ class Metric(ABC):
         rng = as_generator(rng)
         draw = self.draw(dataset, rng)
         return self.score(draw, encode_draw(dataset, encode, draw, batch_size, self.uses_posterior), rng)
+
+
+@dataclass(frozen=True)
+class TrainTestMetric(Metric):
+    """A metric scored on independent train and test samples of factor vectors (SAP, DCI, modularity)."""
+
+    num_train: int = 10_000
+    num_test: int = 5_000
+
+    def draw(self, dataset: ImageDataset, rng: np.random.Generator) -> Draw:
+        train = sample_factors(dataset, rng, (self.num_train,))
+        test = sample_factors(dataset, rng, (self.num_test,))
+        return Draw(indices={"train": factor_indices(dataset, train, rng), "test": factor_indices(dataset, test, rng)},
+                    factors={"train": train, "test": test})

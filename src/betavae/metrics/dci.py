@@ -32,8 +32,7 @@ from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 
 from betavae.data.base import ImageDataset
 from betavae.errors import ConfigError
-from betavae.metrics.base import (DEFAULT_BATCH_SIZE, Draw, Encode, Encoded, Metric, factor_indices,
-                                  sample_factors)
+from betavae.metrics.base import DEFAULT_BATCH_SIZE, Draw, Encode, Encoded, TrainTestMetric
 from betavae.metrics.utils import check_codes_factors, check_same_dims, child_seed, entropy_normalized
 
 IMPORTANCES = ("gradient_boosting", "random_forest")
@@ -109,7 +108,7 @@ def dci_from_codes(codes_train: np.ndarray, factors_train: np.ndarray, codes_tes
 
 
 @dataclass(frozen=True)
-class DCI(Metric):
+class DCI(TrainTestMetric):
     """Protocol parameters: 10,000 training and 5,000 test samples, gradient-boosted trees."""
 
     name: ClassVar[str] = "dci"
@@ -121,12 +120,6 @@ class DCI(Metric):
         super().__post_init__()
         if self.importance not in IMPORTANCES:
             raise ConfigError(f"unknown DCI importance '{self.importance}'; choose one of: {', '.join(IMPORTANCES)}.")
-
-    def draw(self, dataset: ImageDataset, rng: np.random.Generator) -> Draw:
-        train = sample_factors(dataset, rng, (self.num_train,))
-        test = sample_factors(dataset, rng, (self.num_test,))
-        return Draw(indices={"train": factor_indices(dataset, train, rng), "test": factor_indices(dataset, test, rng)},
-                    factors={"train": train, "test": test})
 
     def score(self, draw: Draw, encoded: dict[str, Encoded], rng: np.random.Generator) -> dict[str, float]:
         return dci_from_codes(encoded["train"].codes, draw.factors["train"], encoded["test"].codes,

@@ -24,8 +24,7 @@ from sklearn.linear_model import LogisticRegression
 
 from betavae.data.base import ImageDataset
 from betavae.errors import ConfigError
-from betavae.metrics.base import (DEFAULT_BATCH_SIZE, Draw, Encode, Encoded, Metric, factor_indices,
-                                  sample_factors)
+from betavae.metrics.base import DEFAULT_BATCH_SIZE, Draw, Encode, Encoded, TrainTestMetric
 from betavae.metrics.utils import (NUM_BINS, check_codes_factors, check_same_dims, child_seed,
                                    discrete_mutual_info, histogram_discretize)
 
@@ -102,7 +101,7 @@ def modularity_explicitness_from_codes(codes_train: np.ndarray, factors_train: n
 
 
 @dataclass(frozen=True)
-class ModularityExplicitness(Metric):
+class ModularityExplicitness(TrainTestMetric):
     """Protocol parameters: 10,000 training and 5,000 test samples, 20 bins."""
 
     name: ClassVar[str] = "modularity_explicitness"
@@ -114,12 +113,6 @@ class ModularityExplicitness(Metric):
         super().__post_init__()
         if self.num_bins < 2:
             raise ConfigError(f"modularity_explicitness: num_bins must be at least 2, got {self.num_bins}.")
-
-    def draw(self, dataset: ImageDataset, rng: np.random.Generator) -> Draw:
-        train = sample_factors(dataset, rng, (self.num_train,))
-        test = sample_factors(dataset, rng, (self.num_test,))
-        return Draw(indices={"train": factor_indices(dataset, train, rng), "test": factor_indices(dataset, test, rng)},
-                    factors={"train": train, "test": test})
 
     def score(self, draw: Draw, encoded: dict[str, Encoded], rng: np.random.Generator) -> dict[str, float]:
         return modularity_explicitness_from_codes(encoded["train"].codes, draw.factors["train"], encoded["test"].codes,

@@ -20,8 +20,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
 from betavae.data.base import ImageDataset
-from betavae.metrics.base import (DEFAULT_BATCH_SIZE, Draw, Encode, Encoded, Metric, factor_indices,
-                                  sample_factors)
+from betavae.metrics.base import DEFAULT_BATCH_SIZE, Draw, Encode, Encoded, TrainTestMetric
 from betavae.metrics.utils import check_codes_factors, check_same_dims, child_seed
 
 
@@ -76,19 +75,13 @@ def sap_from_codes(codes_train: np.ndarray, factors_train: np.ndarray, codes_tes
 
 
 @dataclass(frozen=True)
-class SAP(Metric):
+class SAP(TrainTestMetric):
     """Protocol parameters: 10,000 training and 5,000 test samples, discrete factors."""
 
     name: ClassVar[str] = "sap"
     num_train: int = 10_000
     num_test: int = 5_000
     continuous: bool = False
-
-    def draw(self, dataset: ImageDataset, rng: np.random.Generator) -> Draw:
-        train = sample_factors(dataset, rng, (self.num_train,))
-        test = sample_factors(dataset, rng, (self.num_test,))
-        return Draw(indices={"train": factor_indices(dataset, train, rng), "test": factor_indices(dataset, test, rng)},
-                    factors={"train": train, "test": test})
 
     def score(self, draw: Draw, encoded: dict[str, Encoded], rng: np.random.Generator) -> dict[str, float]:
         return sap_from_codes(encoded["train"].codes, draw.factors["train"], encoded["test"].codes,
