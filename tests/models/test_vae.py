@@ -40,3 +40,27 @@ def test_bad_model_arguments():
         build_model("resnet", 10, (1, 64, 64))
     with pytest.raises(ConfigError, match="square images of 32, 64, 128"):
         build_model("burgess", 10, (1, 48, 48))
+
+
+def test_width_sets_channels_and_hidden_units_and_round_trips_through_the_spec():
+    from betavae.models import model_from_spec, model_spec
+
+    narrow = build_model("burgess", 10, (1, 64, 64), width=16)
+    convs = [m for m in narrow.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 16, 16, 16]
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in build_model("burgess", 10, (1, 64, 64)).parameters())
+    mlp = build_model("mlp", 4, (1, 32, 32), width=64)
+    assert mlp.encoder.net[1].out_features == 64
+    spec = model_spec("burgess", 10, (1, 64, 64), 16)
+    rebuilt = model_from_spec(spec)
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in narrow.parameters()]
+    assert "width" not in model_spec("burgess", 10, (1, 64, 64))  # the published width: as before
+    x = torch.rand(2, 1, 64, 64)
+    assert rebuilt(x).recon.shape == x.shape
+
+
+def test_width_is_refused_where_the_architecture_fixes_it():
+    with pytest.raises(ConfigError, match="fixed published widths"):
+        build_model("locatello", 10, (1, 64, 64), width=16)
+    with pytest.raises(ConfigError, match="width must be"):
+        build_model("burgess", 10, (1, 64, 64), width=0)

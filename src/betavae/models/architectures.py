@@ -151,3 +151,6 @@ ARCHITECTURES: dict[str, tuple[type[nn.Module], type[nn.Module], bool]] = {
     "locatello": (LocatelloEncoder, LocatelloDecoder, True),
     "mlp": (MLPEncoder, MLPDecoder, False),
 }
+
+# The constructor argument that ``width`` sets, per architecture that has one.
+WIDTH_PARAMETER: dict[str, str] = {"burgess": "channels", "mlp": "hidden"}

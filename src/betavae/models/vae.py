@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from betavae.errors import ConfigError
-from betavae.models.architectures import ARCHITECTURES
+from betavae.models.architectures import ARCHITECTURES, WIDTH_PARAMETER
 from betavae.objectives.gaussian import reparameterize
 
 
@@ -48,14 +48,42 @@ class VAE(nn.Module):
         return VAEOutput(mu=mu, logvar=logvar, z=z, recon=self.decode(z))
 
 
-def build_model(arch: str, latents: int, image_shape: tuple[int, int, int]) -> VAE:
-    """A :class:`VAE` of architecture ``arch`` for images ``(C, H, W)`` and ``latents`` dims."""
+def build_model(arch: str, latents: int, image_shape: tuple[int, int, int], width: int | None = None) -> VAE:
+    """A :class:`VAE` of architecture ``arch`` for images ``(C, H, W)`` and ``latents`` dims.
+
+    ``width`` sets the channels of every convolution of ``burgess`` (published: 32) or the hidden
+    units of ``mlp`` (published: 1200); ``None`` keeps the published width. ``locatello``'s widths
+    are fixed by its definition.
+    """
     if arch not in ARCHITECTURES:
         raise ConfigError(f"unknown architecture '{arch}'; choose one of: {', '.join(ARCHITECTURES)}.")
     if latents < 1:
         raise ConfigError(f"latents must be at least 1, got {latents}.")
     encoder_cls, decoder_cls, _ = ARCHITECTURES[arch]
-    return VAE(encoder_cls(image_shape, latents), decoder_cls(image_shape, latents), latents)
+    if width is None:
+        return VAE(encoder_cls(image_shape, latents), decoder_cls(image_shape, latents), latents)
+    if arch not in WIDTH_PARAMETER:
+        raise ConfigError(f"architecture '{arch}' has fixed published widths; drop --width or use "
+                          f"--arch {' or '.join(WIDTH_PARAMETER)}.")
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise ConfigError(f"width must be a whole number >= 1, got {width!r}.")
+    kwargs = {WIDTH_PARAMETER[arch]: width}
+    return VAE(encoder_cls(image_shape, latents, **kwargs), decoder_cls(image_shape, latents, **kwargs), latents)
+
+
+def model_spec(arch: str, latents: int, image_shape: tuple[int, int, int], width: int | None = None) -> dict:
+    """The description stored with a model's weights, from which :func:`model_from_spec` rebuilds it."""
+    spec = {"arch": arch, "latents": int(latents), "image_shape": [int(v) for v in image_shape]}
+    if width is not None:
+        spec["width"] = int(width)
+    return spec
+
+
+def model_from_spec(spec: dict) -> VAE:
+    """The (untrained) model a :func:`model_spec` describes; raises KeyError/ValueError/TypeError if malformed."""
+    width = spec.get("width")
+    return build_model(spec["arch"], int(spec["latents"]), tuple(int(v) for v in spec["image_shape"]),
+                       None if width is None else int(width))
 
 
 def is_convolutional(arch: str) -> bool:
