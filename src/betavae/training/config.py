@@ -21,6 +21,10 @@ from betavae.models import ARCHITECTURES
 from betavae.objectives import ESTIMATORS, LIKELIHOODS, OBJECTIVES, SCHEDULES
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_MODES = ("off", "on", "cudagraphs")
+
+
 def _opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
@@ -75,6 +79,12 @@ class TrainConfig:
     lr: float = _opt(5e-4, "Adam learning rate")
     seed: int = _opt(0, "random seed (weights, batches and sampling noise)")
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    precision: str = _opt("auto", "arithmetic of the model's forward and backward passes: auto (bf16 autocast on CUDA "
+                                  "devices that support bfloat16, fp32 elsewhere), fp32, or bf16 (bfloat16 autocast, "
+                                  "also on the CPU); the loss and KL are always computed in fp32",
+                          choices=PRECISIONS)
+    compile: str = _opt("off", "torch.compile the model's forward pass: off, on, or cudagraphs (on, with CUDA graphs: "
+                               "mode reduce-overhead, CUDA only)", choices=COMPILE_MODES)
     # Output
     out: str | None = _opt(None, "run directory (default: runs/<dataset>-<objective>-beta<β>-seed<seed>)")
     overwrite: bool = _opt(False, "replace an existing run directory made by betavae")
@@ -132,6 +142,9 @@ class TrainConfig:
             self.device == "cuda" or (self.device.startswith("cuda:") and self.device[5:].isdigit())
         ):
             raise ConfigError(f"unknown device '{self.device}'; use auto, cpu, cuda or cuda:N.")
+        if self.compile == "cudagraphs" and self.device == "cpu":
+            raise ConfigError("--compile cudagraphs captures CUDA graphs and needs a CUDA device, but --device is cpu; "
+                              "use --compile on (or off) on the CPU.")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,13 +1,18 @@
 """The training loop: one function, readable top to bottom.
 
-Per step: draw a batch by index from the images held compactly on the training device, run the
-model, let the objective turn its output into a loss, step Adam, let the objective train its own
-networks if it has any. Logged terms are summed on the device and read (one sync) only every
-``log_every`` steps, where they are averaged, checked for NaN and written out.
+Per step: draw a batch by index from the images held compactly on the training device and the
+reparameterisation noise, run the model (under bf16 autocast when ``precision`` says so, compiled
+when ``compile`` says so), let the objective turn its output, cast to fp32, into a loss, step Adam,
+let the objective train its own networks if it has any. Logged terms are summed on the device and
+read (one sync) only every ``log_every`` steps, where they are averaged, checked for NaN and written out.
+
+Under torchrun every process runs this loop on its slice of each global batch, with the model in
+DistributedDataParallel (see :mod:`betavae.training.distributed`); process 0 alone writes the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -20,32 +25,96 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save
+from torch import nn
 
 from betavae.data import ImageDataset, dataset_from_config
 from betavae.errors import CheckpointError, ConfigError, TrainingError
 from betavae.files import write_bytes_atomic, write_json_atomic
 from betavae.models import VAE, build_model, is_convolutional
 from betavae.models.architectures import check_image_shape
+from betavae.models.vae import VAEOutput
 from betavae.objectives import build_objective
 from betavae.training.checkpoint import list_checkpoints, load_checkpoint, load_module_state, load_tensors, save_checkpoint
 from betavae.training.config import TrainConfig
+from betavae.training import distributed
 from betavae.training.diagnostics import diagnose, format_diagnosis, reconstruction_baseline
+from betavae.training.distributed import Distributed
 from betavae.training.logging import TrainingLog, read_metrics, truncate_metrics
 
 MODEL_FILE = "model.safetensors"
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; an explicit CUDA device must exist."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device '{name}' was asked for, but CUDA is not available here; use --device cpu or auto.")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device '{name}' does not exist: {torch.cuda.device_count()} CUDA device(s) found.")
-    return device
+def resolve_device(name: str, dist: Distributed = distributed.SINGLE) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; an explicit CUDA device must exist.
+
+    Under torchrun each process takes ``cuda:LOCAL_RANK`` (or the CPU).
+    """
+    return distributed.device_for(name, dist)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device``, or None for plain fp32."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def _check_compile(config: TrainConfig, device: torch.device) -> None:
+    if config.compile == "cudagraphs" and device.type != "cuda":
+        raise ConfigError(f"--compile cudagraphs captures CUDA graphs and needs a CUDA device, but this run trains on "
+                          f"{device}; use --compile on (or off) there.")
+
+
+def _setup(config: TrainConfig) -> tuple[Distributed, torch.device]:
+    """This process's place under torchrun (if any) and its device; refuses what cannot run there."""
+    dist = distributed.from_environment()
+    device = resolve_device(config.device, dist)
+    _check_compile(config, device)
+    distributed.check_config(config, dist)
+    return dist, device
+
+
+class TrainingForward(nn.Module):
+    """One training forward pass of a VAE, given the reparameterisation noise ``eps`` drawn by the loop.
+
+    Returns ``(mu, logvar, z, recon)``, every one in fp32 whatever autocast did inside, so the
+    objective's KL and likelihood are computed in fp32. It is the module that DistributedDataParallel
+    and torch.compile wrap; its parameters are the VAE's.
+    """
+
+    def __init__(self, vae: VAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        mu, logvar = self.vae.encode(x)
+        mu, logvar = mu.float(), logvar.float()
+        z = mu + eps * torch.exp(0.5 * logvar)  # as objectives.gaussian.reparameterize
+        return mu, logvar, z, self.vae.decode(z).float()
+
+
+def _compiled(forward: nn.Module, mode: str) -> nn.Module:
+    if mode == "off":
+        return forward
+    return torch.compile(forward, mode="reduce-overhead" if mode == "cudagraphs" else None)
+
+
+class _Silent:
+    """The log of a torchrun process other than 0: it writes nothing."""
+
+    def advance(self, steps: int = 1) -> None:
+        pass
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def prepare_run_dir(config: TrainConfig) -> Path:
@@ -68,46 +137,71 @@ def prepare_run_dir(config: TrainConfig) -> Path:
 
 
 def train(config: TrainConfig, stream: TextIO | None = None) -> Path:
-    """Train a model as ``config`` says; returns the run directory."""
+    """Train a model as ``config`` says; returns the run directory.
+
+    Started by torchrun (``WORLD_SIZE`` set), it trains data-parallel with the other processes.
+    """
     config.validate()
-    resolve_device(config.device)
-    dataset = dataset_from_config(config)  # bad data is reported before the run directory is made
+    dist, device = _setup(config)
+    with distributed.process_group(dist, device):
+        # Bad data is reported before the run directory is made; process 0 fills a dataset cache first.
+        dataset = distributed.agree(dist, lambda: _checked_dataset(config), main_first=True)
+
+        def make_run_dir() -> Path:
+            run_dir = prepare_run_dir(config)
+            config.save(run_dir / "config.json")
+            return run_dir
+
+        run_dir = distributed.agree(dist, make_run_dir, main_only=True)
+        return _train(config, run_dir, dataset, None, stream, dist, device)
+
+
+def _checked_dataset(config: TrainConfig) -> ImageDataset:
+    dataset = dataset_from_config(config)
     check_image_shape(config.arch, dataset.image_shape)
     if config.batch_size > len(dataset):
         raise ConfigError(f"batch size {config.batch_size} exceeds the {len(dataset)} images of the dataset; lower --batch-size.")
-    run_dir = prepare_run_dir(config)
-    config.save(run_dir / "config.json")
-    return _train(config, run_dir, dataset, None, stream)
+    return dataset
 
 
 def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None = None) -> Path:
-    """Continue the run in ``run_dir`` from its newest intact checkpoint (to ``steps`` if given)."""
+    """Continue the run in ``run_dir`` from its newest intact checkpoint (to ``steps`` if given).
+
+    Under torchrun every process reads the run directory (on several machines it must be on a
+    filesystem they all see); a checkpoint continues with any number of processes.
+    """
     run_dir = Path(run_dir)
     config = TrainConfig.load(run_dir)
     if steps is not None:
         config.steps = steps
     config.validate()
-    state = None
-    for path in reversed(list_checkpoints(run_dir)):  # the newest intact one
-        try:
-            state = load_checkpoint(path)
-            break
-        except CheckpointError as exc:
-            print(f"betavae: skipping damaged checkpoint {path}: {exc}", file=stream or sys.stderr)
-    finished = state is not None and state["step"] >= config.steps
-    if finished and (run_dir / MODEL_FILE).exists():
-        raise ConfigError(
-            f"{run_dir} already reached step {state['step']} of {config.steps}; pass a larger --steps to train further."
-        )
-    if steps is not None:
-        config.save(run_dir / "config.json")
-    # No checkpoint yet (killed early): start again from step 0 in the same directory.
-    return _train(config, run_dir, dataset_from_config(config), state, stream)
+    dist, device = _setup(config)
+    with distributed.process_group(dist, device):
+
+        def newest_checkpoint() -> dict[str, Any] | None:
+            for path in reversed(list_checkpoints(run_dir)):  # the newest intact one
+                try:
+                    return load_checkpoint(path)
+                except CheckpointError as exc:
+                    if dist.is_main:
+                        print(f"betavae: skipping damaged checkpoint {path}: {exc}", file=stream or sys.stderr)
+            return None
+
+        state = distributed.agree(dist, newest_checkpoint)
+        finished = state is not None and state["step"] >= config.steps
+        if finished and (run_dir / MODEL_FILE).exists():
+            raise ConfigError(
+                f"{run_dir} already reached step {state['step']} of {config.steps}; pass a larger --steps to train further."
+            )
+        if steps is not None:
+            distributed.agree(dist, lambda: config.save(run_dir / "config.json"), main_only=True)
+        dataset = distributed.agree(dist, lambda: dataset_from_config(config), main_first=True)
+        # No checkpoint yet (killed early): start again from step 0 in the same directory.
+        return _train(config, run_dir, dataset, state, stream, dist, device)
 
 
 def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint: dict[str, Any] | None,
-           stream: TextIO | None) -> Path:
-    device = resolve_device(config.device)
+           stream: TextIO | None, dist: Distributed, device: torch.device) -> Path:
     with torch.random.fork_rng(devices=[]):  # seeded weight init without touching global RNG state
         torch.manual_seed(config.seed)
         model = build_model(config.arch, config.latents, dataset.image_shape)
@@ -116,6 +210,8 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     objective = build_objective(config, len(dataset)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = torch.Generator(device).manual_seed(config.seed)
+    autocast_dtype = resolve_precision(config.precision, device)
+    autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
     sums: dict[str, Any] = {}  # logged terms summed since the last log step
     sums_count = start = skipped = 0
     if checkpoint is not None:
@@ -125,33 +221,51 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
         objective.load_auxiliary_state(checkpoint["objective_auxiliary"])
         generator.set_state(checkpoint["generator"])
         sums = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in checkpoint["log_sums"].items()}
+        sums = distributed.local_share(sums, dist)
         sums_count = checkpoint["log_count"]
         skipped = checkpoint.get("skipped_steps", 0)
         start = checkpoint["step"]
-    truncate_metrics(run_dir, start)  # records after the checkpoint are written again
+    # DDP makes every process start from process 0's weights; compiling happens at the first step.
+    forward = _compiled(distributed.wrap(TrainingForward(model), dist, device), config.compile)
+    local = dist.local_slice(config.batch_size)  # this process's rows of every global batch
+    if dist.is_main:
+        truncate_metrics(run_dir, start)  # records after the checkpoint are written again
 
     store = dataset.training_store(device)
     baseline = reconstruction_baseline(dataset, config.likelihood, config.likelihood_scale, np.random.default_rng(config.seed))
     model_spec = {"arch": config.arch, "latents": config.latents, "image_shape": list(dataset.image_shape)}
-    log = TrainingLog(run_dir, config.steps, start, stream, regulariser_label=objective.regulariser_label)
+    log: TrainingLog | _Silent = _Silent()
+    if dist.is_main:
+        log = TrainingLog(run_dir, config.steps, start, stream, regulariser_label=objective.regulariser_label)
+    where = f"{device}" if not dist.enabled else (
+        f"{dist.world_size} torchrun processes ({device.type}, {config.batch_size // dist.world_size} images each)")
     log.message(
         f"betavae: training {config.objective} ({objective.weight_label()}) on {getattr(dataset, 'name', 'data')} "
         f"({len(dataset)} images {tuple(dataset.image_shape)}) with {config.arch}, {config.latents} latents, "
-        f"on {device}; steps {start}..{config.steps}; run directory {run_dir}"
+        f"on {where}, precision {'bf16 (autocast; loss in fp32)' if autocast_dtype else 'fp32'}, "
+        f"compile {config.compile}; steps {start}..{config.steps}; run directory {run_dir}"
     )
     model.train()
     interval_start, interval_steps, started = time.perf_counter(), 0, time.perf_counter()
     try:
         for step in range(start, config.steps):
+            # The global batch and noise, drawn as a single process draws them; this process's rows.
             indices = torch.randint(len(store), (config.batch_size,), device=device, generator=generator)
-            x = store.batch(indices)  # (B, C, H, W) float32 in [0, 1]
+            eps = torch.randn((config.batch_size, config.latents), generator=generator, device=device)
+            x = store.batch(indices[local])  # (B, C, H, W) float32 in [0, 1]
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            output = model(x, generator)
+            if config.compile == "cudagraphs":
+                torch.compiler.cudagraph_mark_step_begin()
+            with autocast():
+                mu, logvar, z, recon = forward(x, eps[local])
+            output = VAEOutput(mu=mu, logvar=logvar, z=z, recon=recon)
             loss, logs = objective(output, x, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if config.skip_nonfinite and not _step_is_finite(loss, model):
+            # Under DDP the gradients, averaged over the processes, are the same on every process, so
+            # every process decides alike; a process's own loss is left out of that decision.
+            if config.skip_nonfinite and not _step_is_finite(None if dist.enabled else loss, model):
                 skipped += 1
                 log.message(f"betavae: step {step + 1}: loss or gradients are NaN/inf; step skipped "
                             f"({skipped} of at most {config.skip_nonfinite})")
@@ -174,13 +288,16 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
             is_log_step = done % config.log_every == 0 or done == config.steps
             is_checkpoint_step = done % config.checkpoint_every == 0 or done == config.steps
             if is_log_step or is_checkpoint_step:
-                _check_finite(sums, model, done, config, run_dir, objective.weight_label())
+                # Global means (one all-reduce, on these steps only, under torchrun): every process
+                # sees the same numbers and so stops alike on NaN.
+                shared = distributed.mean_over_processes(sums, dist)
+                _check_finite(shared, model, done, config, run_dir, objective.weight_label())
             if is_log_step and sums_count:  # (every step of the interval may have been skipped)
                 elapsed = time.perf_counter() - interval_start
-                speed = interval_steps * config.batch_size / elapsed
-                log.write(_record(sums, sums_count, done, config, speed, time.perf_counter() - started))
-                sums, sums_count, interval_start, interval_steps = {}, 0, time.perf_counter(), 0
-            if is_checkpoint_step:
+                speed = interval_steps * config.batch_size / elapsed  # the global batch: images of every process
+                log.write(_record(shared, sums_count, done, config, speed, time.perf_counter() - started))
+                sums, shared, sums_count, interval_start, interval_steps = {}, {}, 0, time.perf_counter(), 0
+            if is_checkpoint_step and dist.is_main:
                 save_checkpoint(run_dir, done, {
                     "step": done,
                     "model_spec": model_spec,
@@ -189,13 +306,15 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
                     "objective": objective.state_dict(),
                     "objective_auxiliary": objective.auxiliary_state(),
                     "generator": generator.get_state(),
-                    "log_sums": sums,
+                    "log_sums": shared,
                     "log_count": sums_count,
                     "skipped_steps": skipped,
                 }, keep=config.keep_checkpoints)
     finally:
         log.close()
 
+    if not dist.is_main:
+        return run_dir
     save_model(run_dir / MODEL_FILE, model, model_spec)
     history = read_metrics(run_dir)
     if not history:
@@ -215,11 +334,13 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     return run_dir
 
 
-def _step_is_finite(loss: torch.Tensor, model: VAE) -> bool:
-    """Whether the loss and every gradient are finite (one device sync)."""
+def _step_is_finite(loss: torch.Tensor | None, model: VAE) -> bool:
+    """Whether the loss (if given) and every gradient are finite (one device sync)."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    total = loss.detach() + sum(g.sum() for g in grads) * 0.0  # NaN/inf anywhere makes this non-finite
-    return bool(torch.isfinite(total))
+    total = sum(g.sum() for g in grads) * 0.0  # NaN/inf anywhere makes this non-finite
+    if loss is not None:
+        total = loss.detach() + total
+    return bool(torch.isfinite(torch.as_tensor(total)))
 
 
 def _check_finite(sums: dict[str, Any], model: VAE, step: int, config: TrainConfig, run_dir: Path,
