@@ -47,7 +47,12 @@ class TrainConfig:
     skip_bad: bool = _opt(False, "leave out unreadable images of a --data folder (their count and names are printed) "
                                  "instead of stopping")
     # Model
+    recipe: str | None = _opt(None, "a named recipe of config values found to work ('betavae recipes' lists them; "
+                                    "fast-cpu disentangles dSprites on a laptop CPU in minutes); flags given "
+                                    "explicitly win over the recipe")
     arch: str = _opt("burgess", "network architecture", choices=tuple(ARCHITECTURES))
+    width: int | None = _opt(None, "channels of each convolution (burgess; published 32) or hidden units (mlp; "
+                                   "published 1200); default: the published width")
     latents: int = _opt(10, "number of latent dimensions")
     # Objective
     objective: str = _opt("beta", "training objective: beta (β-VAE), capacity (capacity-annealed β-VAE), factor (FactorVAE), "
@@ -75,6 +80,8 @@ class TrainConfig:
     likelihood_scale: float = _opt(0.1, "fixed σ of the gaussian likelihood or b of the laplace likelihood")
     # Optimisation
     steps: int = _opt(20000, "number of optimisation steps")
+    time_limit: float | None = _opt(None, "stop after this many minutes of training (counted over resumes), "
+                                          "as if --steps ended there: checkpoint, model, diagnosis and figures")
     batch_size: int = _opt(64, "images per step")
     lr: float = _opt(5e-4, "Adam learning rate")
     seed: int = _opt(0, "random seed (weights, batches and sampling noise)")
@@ -142,6 +149,21 @@ class TrainConfig:
             self.device == "cuda" or (self.device.startswith("cuda:") and self.device[5:].isdigit())
         ):
             raise ConfigError(f"unknown device '{self.device}'; use auto, cpu, cuda or cuda:N.")
+        if self.time_limit is not None and not (math.isfinite(self.time_limit) and self.time_limit > 0):
+            raise ConfigError(f"time_limit must be a number of minutes > 0, got {self.time_limit!r}.")
+        if self.width is not None:
+            from betavae.models.architectures import WIDTH_PARAMETER
+
+            if self.arch not in WIDTH_PARAMETER:
+                raise ConfigError(f"architecture '{self.arch}' has fixed published widths; drop --width or use "
+                                  f"--arch {' or '.join(WIDTH_PARAMETER)}.")
+            if self.width < 1:
+                raise ConfigError(f"width must be a whole number >= 1, got {self.width}.")
+        if self.recipe is not None:
+            from betavae.training.recipes import RECIPES
+
+            if self.recipe not in RECIPES:
+                raise ConfigError(f"unknown recipe '{self.recipe}'; choose one of: {', '.join(RECIPES)}.")
         if self.compile == "cudagraphs" and self.device == "cpu":
             raise ConfigError("--compile cudagraphs captures CUDA graphs and needs a CUDA device, but --device is cpu; "
                               "use --compile on (or off) on the CPU.")

@@ -30,7 +30,7 @@ from torch import nn
 from betavae.data import ImageDataset, dataset_from_config
 from betavae.errors import CheckpointError, ConfigError, TrainingError
 from betavae.files import write_bytes_atomic, write_json_atomic
-from betavae.models import VAE, build_model, is_convolutional
+from betavae.models import VAE, is_convolutional, model_from_spec, model_spec
 from betavae.models.architectures import check_image_shape
 from betavae.models.vae import VAEOutput
 from betavae.objectives import build_objective
@@ -164,8 +164,12 @@ def _checked_dataset(config: TrainConfig) -> ImageDataset:
     return dataset
 
 
-def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None = None) -> Path:
+def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None = None, *,
+           time_limit: float | None = None) -> Path:
     """Continue the run in ``run_dir`` from its newest intact checkpoint (to ``steps`` if given).
+
+    ``time_limit`` replaces the run's ``--time-limit`` (minutes of training in all, counted over
+    every resume), so a run stopped by its time limit can train further.
 
     Under torchrun every process reads the run directory (on several machines it must be on a
     filesystem they all see); a checkpoint continues with any number of processes.
@@ -174,6 +178,8 @@ def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None 
     config = TrainConfig.load(run_dir)
     if steps is not None:
         config.steps = steps
+    if time_limit is not None:
+        config.time_limit = time_limit
     config.validate()
     dist, device = _setup(config)
     with distributed.process_group(dist, device):
@@ -193,7 +199,7 @@ def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None 
             raise ConfigError(
                 f"{run_dir} already reached step {state['step']} of {config.steps}; pass a larger --steps to train further."
             )
-        if steps is not None:
+        if steps is not None or time_limit is not None:
             distributed.agree(dist, lambda: config.save(run_dir / "config.json"), main_only=True)
         dataset = distributed.agree(dist, lambda: dataset_from_config(config), main_first=True)
         # No checkpoint yet (killed early): start again from step 0 in the same directory.
@@ -204,7 +210,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
            stream: TextIO | None, dist: Distributed, device: torch.device) -> Path:
     with torch.random.fork_rng(devices=[]):  # seeded weight init without touching global RNG state
         torch.manual_seed(config.seed)
-        model = build_model(config.arch, config.latents, dataset.image_shape)
+        model = model_from_spec(model_spec(config.arch, config.latents, dataset.image_shape, config.width))
     channels_last = is_convolutional(config.arch)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     objective = build_objective(config, len(dataset)).to(device)
@@ -214,6 +220,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
     sums: dict[str, Any] = {}  # logged terms summed since the last log step
     sums_count = start = skipped = 0
+    trained_before = 0.0  # seconds of training before this call (a resumed run's clock goes on)
     if checkpoint is not None:
         load_module_state(model, checkpoint["model"], run_dir)
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -225,6 +232,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
         sums_count = checkpoint["log_count"]
         skipped = checkpoint.get("skipped_steps", 0)
         start = checkpoint["step"]
+        trained_before = float(checkpoint.get("elapsed_seconds", 0.0))
     # DDP makes every process start from process 0's weights; compiling happens at the first step.
     forward = _compiled(distributed.wrap(TrainingForward(model), dist, device), config.compile)
     local = dist.local_slice(config.batch_size)  # this process's rows of every global batch
@@ -233,7 +241,8 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
 
     store = dataset.training_store(device)
     baseline = reconstruction_baseline(dataset, config.likelihood, config.likelihood_scale, np.random.default_rng(config.seed))
-    model_spec = {"arch": config.arch, "latents": config.latents, "image_shape": list(dataset.image_shape)}
+    spec = model_spec(config.arch, config.latents, dataset.image_shape, config.width)
+    time_limit = None if config.time_limit is None else config.time_limit * 60.0
     log: TrainingLog | _Silent = _Silent()
     if dist.is_main:
         log = TrainingLog(run_dir, config.steps, start, stream, regulariser_label=objective.regulariser_label)
@@ -241,12 +250,18 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
         f"{dist.world_size} torchrun processes ({device.type}, {config.batch_size // dist.world_size} images each)")
     log.message(
         f"betavae: training {config.objective} ({objective.weight_label()}) on {getattr(dataset, 'name', 'data')} "
-        f"({len(dataset)} images {tuple(dataset.image_shape)}) with {config.arch}, {config.latents} latents, "
+        f"({len(dataset)} images {tuple(dataset.image_shape)}) with {config.arch}"
+        f"{'' if config.width is None else f' (width {config.width})'}, {config.latents} latents, "
         f"on {where}, precision {'bf16 (autocast; loss in fp32)' if autocast_dtype else 'fp32'}, "
-        f"compile {config.compile}; steps {start}..{config.steps}; run directory {run_dir}"
+        f"compile {config.compile}; steps {start}..{config.steps}"
+        f"{'' if config.time_limit is None else f' or {config.time_limit:g} minutes of training'}; run directory {run_dir}"
     )
     model.train()
-    interval_start, interval_steps, started = time.perf_counter(), 0, time.perf_counter()
+    interval_start, interval_steps = time.perf_counter(), 0
+    started = time.perf_counter() - trained_before
+    if time_limit is not None and trained_before >= time_limit:
+        raise ConfigError(f"{run_dir} has trained {trained_before / 60:.1f} minutes, its --time-limit of "
+                          f"{config.time_limit:g}; resume it with a larger time limit to train further.")
     try:
         for step in range(start, config.steps):
             # The global batch and noise, drawn as a single process draws them; this process's rows.
@@ -285,8 +300,13 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
             log.advance()
             interval_steps += 1
             done = step + 1
-            is_log_step = done % config.log_every == 0 or done == config.steps
-            is_checkpoint_step = done % config.checkpoint_every == 0 or done == config.steps
+            # The time limit is checked every step on one process, on logging steps under torchrun
+            # (where process 0's clock decides for all).
+            out_of_time = time_limit is not None and (not dist.enabled or done % config.log_every == 0) and \
+                _out_of_time(time.perf_counter() - started >= time_limit, dist)
+            last = done == config.steps or out_of_time
+            is_log_step = done % config.log_every == 0 or last
+            is_checkpoint_step = done % config.checkpoint_every == 0 or last
             if is_log_step or is_checkpoint_step:
                 # Global means (one all-reduce, on these steps only, under torchrun): every process
                 # sees the same numbers and so stops alike on NaN.
@@ -300,7 +320,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
             if is_checkpoint_step and dist.is_main:
                 save_checkpoint(run_dir, done, {
                     "step": done,
-                    "model_spec": model_spec,
+                    "model_spec": spec,
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "objective": objective.state_dict(),
@@ -309,13 +329,18 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
                     "log_sums": shared,
                     "log_count": sums_count,
                     "skipped_steps": skipped,
+                    "elapsed_seconds": time.perf_counter() - started,
                 }, keep=config.keep_checkpoints)
+            if out_of_time:
+                log.message(f"betavae: stopped at step {done} of {config.steps}: the time limit of "
+                            f"{config.time_limit:g} minutes of training is reached")
+                break
     finally:
         log.close()
 
     if not dist.is_main:
         return run_dir
-    save_model(run_dir / MODEL_FILE, model, model_spec)
+    save_model(run_dir / MODEL_FILE, model, spec)
     history = read_metrics(run_dir)
     if not history:
         raise TrainingError(f"no training step of {run_dir} succeeded, so there is nothing to diagnose; lower --lr.")
@@ -332,6 +357,15 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
         log.message(f"betavae: report in {run_report(run_dir, model, dataset, seed=config.seed)}")
     log.message(f"betavae: done; model, logs and figures are in {run_dir}")
     return run_dir
+
+
+def _out_of_time(mine: bool, dist: Distributed) -> bool:
+    """Whether to stop for the time limit; under torchrun, process 0's answer for every process."""
+    if not dist.enabled:
+        return mine
+    decision = [mine]
+    torch.distributed.broadcast_object_list(decision, src=0)
+    return bool(decision[0])
 
 
 def _step_is_finite(loss: torch.Tensor | None, model: VAE) -> bool:
@@ -389,7 +423,7 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> VAE:
     try:
         with safe_open(str(path), "pt") as f:
             spec = json.loads((f.metadata() or {})["betavae_model"])
-        model = build_model(spec["arch"], int(spec["latents"]), tuple(spec["image_shape"]))
+        model = model_from_spec(spec)
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path} lacks a valid betavae model description ({exc}); it was not written by betavae.") from exc
     load_module_state(model, tensors, path)
