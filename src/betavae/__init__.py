@@ -1,7 +1,8 @@
 """betavae: disentangled representation learning with the β-VAE and its successors."""
 
 from betavae.training import TrainConfig, load, resume, train
+from betavae.training.parallel import train_many
 
 __version__ = "0.1.0"
 
-__all__ = ["TrainConfig", "__version__", "load", "resume", "train"]
+__all__ = ["TrainConfig", "__version__", "load", "resume", "train", "train_many"]
