@@ -162,7 +162,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             if f.name not in ("beta", "seed", "out") and getattr(args, f.name, None) is not None}
     spec = SweepSpec(out=args.out, weights=_number_list(text, "--beta" if args.beta is not None else "--weights"),
                      seeds=_seed_list(args.seeds), base=base, metrics=args.metrics, metric=args.metric,
-                     storage=args.storage, study_name=args.study_name, workers=args.workers, tolerance=args.tolerance,
+                     storage=args.storage, study_name=args.study_name, workers=args.workers, parallel=args.parallel,
+                     tolerance=args.tolerance,
                      eval_samples=args.eval_samples, eval_seed=args.eval_seed, udr_samples=args.udr_samples,
                      udr_correlation=args.udr_correlation, heartbeat_seconds=args.heartbeat)
     run_sweep(spec)
@@ -279,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: sqlite:///OUT/study.db)")
     sweep.add_argument("--study-name", metavar="NAME", help="study name in the storage (default: betavae-sweep-<OUT's name>)")
     sweep.add_argument("--workers", type=int, default=1, metavar="K", help="local worker processes (default: 1)")
+    sweep.add_argument("--parallel", type=_positive_int, default=1, metavar="K",
+                       help="trials each worker trains together in one process as one batched computation: the same "
+                            "models as trained one by one; see docs/performance.md for when it is faster (default: 1)")
     sweep.add_argument("--metric", metavar="NAME", help="metric the recommendation ranks by: udr, a metric (mig, dci, ...) "
                        "or METRIC.VALUE (default: mig with ground-truth factors, udr without)")
     sweep.add_argument("--metrics", default="all", metavar="LIST", help="metrics evaluated for every trial (default: all "

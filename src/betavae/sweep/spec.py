@@ -50,6 +50,7 @@ class SweepSpec:
     storage: str | None = None  # Optuna storage URL (None: sqlite:///OUT/study.db)
     study_name: str | None = None
     workers: int = 1
+    parallel: int = 1  # trials each worker trains together in one process (betavae.training.parallel)
     tolerance: float = DEFAULT_TOLERANCE
     eval_samples: int | None = None  # scale the metrics' sample counts down to this (None: full protocol)
     eval_seed: int = 0
@@ -105,7 +106,7 @@ class SweepSpec:
     def comparison_key(self) -> dict[str, Any]:
         """What must match when a study is joined or resumed (the grid's meaning, not how it runs)."""
         values = asdict(self)
-        for name in ("out", "storage", "study_name", "workers", "heartbeat_seconds", "poll_seconds"):
+        for name in ("out", "storage", "study_name", "workers", "parallel", "heartbeat_seconds", "poll_seconds"):
             values.pop(name)
         values["base"] = {k: v for k, v in self.base.items() if k not in ("device", "out", "overwrite")}
         return values
@@ -133,6 +134,8 @@ class SweepSpec:
                 raise ConfigError(f"--{key.replace('_', '-')} is set by the sweep for each trial; drop it.")
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"workers must be a whole number >= 1, got {self.workers!r}.")
+        if not isinstance(self.parallel, int) or isinstance(self.parallel, bool) or self.parallel < 1:
+            raise ConfigError(f"parallel must be a whole number >= 1 (trials trained together), got {self.parallel!r}.")
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
             raise ConfigError(f"the reconstruction tolerance must be a number >= 0, got {self.tolerance!r}.")
         if self.eval_samples is not None and self.eval_samples < 10:
@@ -157,7 +160,21 @@ class SweepSpec:
         check_storage_url(self.storage_url)
         for weight, seed in self.grid()[:1]:
             self.trial_config(weight, seed).validate()  # the shared training config, checked before any work
+        if self.parallel > 1:
+            self._check_parallel()
         return self
+
+    def _check_parallel(self) -> None:
+        """Refuse training settings that trials trained together (``--parallel``) cannot follow."""
+        if self.base.get("skip_nonfinite"):
+            raise ConfigError("--skip-nonfinite skips one model's bad steps, which trials trained together (--parallel) "
+                              "cannot do; drop --skip-nonfinite or use --parallel 1.")
+        if self.base.get("compile", "off") != "off":
+            raise ConfigError(f"--compile {self.base['compile']} compiles one model's forward pass; trials trained "
+                              "together (--parallel) run uncompiled. Drop --compile or use --parallel 1.")
+        from betavae.training.parallel import check_group
+
+        check_group([self.trial_config(weight, seed) for weight, seed in self.grid()[:2]])
 
 
 def metric_key(metric: str) -> str:

@@ -14,6 +14,8 @@ How each grid point runs exactly once:
   ``optuna.storages.fail_stale_trials`` and re-enqueued by ``RetryHeartbeatStaleTrialCallback``; a
   trial held by a dead process on this very machine is reclaimed at once. The retry resumes the
   trial's run directory from its newest checkpoint.
+* With ``parallel`` > 1 a worker claims up to that many waiting trials at once, holds a heartbeat for
+  each, trains the new ones together in one process and records each trial's outcome on its own.
 * A trial that fails on its own (NaN loss, bad data) is recorded as FAIL with its error and is not
   retried: it would fail again. Ctrl-C re-enqueues the interrupted trial before exiting.
 """
@@ -265,8 +267,12 @@ def format_progress(state: dict[str, list[tuple[float, int]]], spec: SweepSpec, 
 
 
 def work(spec: SweepSpec, stream: TextIO | None = None, max_trials: int | None = None) -> int:
-    """Run trials of the sweep's study until every grid point is done; the number this worker ran."""
-    from betavae.sweep.trial import run_trial
+    """Run trials of the sweep's study until every grid point is done; the number this worker ran.
+
+    With ``spec.parallel`` = K the worker claims up to K waiting trials at once and trains them
+    together in one process (:func:`betavae.sweep.trial.run_trials`), each with its own heartbeat.
+    """
+    from betavae.sweep.trial import run_trials
 
     optuna = _optuna()
     stream = stream or sys.stderr
@@ -274,8 +280,14 @@ def work(spec: SweepSpec, stream: TextIO | None = None, max_trials: int | None =
     started, ran, last_state = time.monotonic(), 0, None
     while max_trials is None or ran < max_trials:
         reclaim(study)
-        trial = claim(study)
-        if trial is None:
+        limit = spec.parallel if max_trials is None else min(spec.parallel, max_trials - ran)
+        trials = []
+        while len(trials) < limit:
+            trial = claim(study)
+            if trial is None:
+                break
+            trials.append(trial)
+        if not trials:
             state = progress(study, spec)
             if not state["left"] and not state["running"]:
                 break
@@ -288,31 +300,40 @@ def work(spec: SweepSpec, stream: TextIO | None = None, max_trials: int | None =
                 last_state = state
             time.sleep(spec.poll_seconds)
             continue
-        weight = trial.suggest_categorical("weight", spec.weights)
-        seed = trial.suggest_categorical("seed", spec.seeds)
-        name = spec.trial_name(weight, seed)
-        print(format_progress(progress(study, spec), spec, started) + f" | starting {name} (trial {trial.number})",
-              file=stream, flush=True)
-        trial_started = time.monotonic()
+        points = [(trial.suggest_categorical("weight", spec.weights), trial.suggest_categorical("seed", spec.seeds))
+                  for trial in trials]
+        names = [spec.trial_name(weight, seed) for weight, seed in points]
+        starting = ", ".join(f"{name} (trial {trial.number})" for name, trial in zip(names, trials))
+        print(format_progress(progress(study, spec), spec, started) + f" | starting {starting}"
+              + (" together" if len(trials) > 1 else ""), file=stream, flush=True)
+        trials_started = time.monotonic()
         try:
-            with heartbeat(study, trial._trial_id, spec.heartbeat_seconds):
-                record = run_trial(spec, weight, seed, log_path=spec_log(spec, name))
+            with contextlib.ExitStack() as beats:
+                for trial in trials:
+                    beats.enter_context(heartbeat(study, trial._trial_id, spec.heartbeat_seconds))
+                outcomes = run_trials(spec, points, [spec_log(spec, name) for name in names])
         except (KeyboardInterrupt, SystemExit):
-            _fail_and_retry(study, study._storage, trial._trial_id)  # interrupted, not failed: run it again later
+            for trial in trials:  # interrupted, not failed: run them again later
+                _fail_and_retry(study, study._storage, trial._trial_id)
             raise
-        except Exception as exc:  # noqa: BLE001 - any failure of one trial is recorded, the sweep goes on
-            trial.set_user_attr("error", f"{type(exc).__name__}: {_one_line(exc)}")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            print(f"betavae sweep: {name} failed: {_one_line(exc)} (log: {spec_log(spec, name)})", file=stream, flush=True)
-        else:
-            for key, value in record.items():
+        except Exception as exc:  # noqa: BLE001 - run_trials reports per trial; anything else fails them all
+            outcomes = [exc] * len(trials)
+        seconds = time.monotonic() - trials_started
+        for trial, name, outcome in zip(trials, names, outcomes):
+            if isinstance(outcome, BaseException):  # any failure of one trial is recorded, the sweep goes on
+                trial.set_user_attr("error", f"{type(outcome).__name__}: {_one_line(outcome)}")
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                print(f"betavae sweep: {name} failed: {_one_line(outcome)} (log: {spec_log(spec, name)})",
+                      file=stream, flush=True)
+                continue
+            for key, value in outcome.items():
                 trial.set_user_attr(key, value)
-            trial.set_user_attr("seconds", round(time.monotonic() - trial_started, 2))
-            study.tell(trial, record["reconstruction"])
-            print(f"betavae sweep: {name} done in {time.monotonic() - trial_started:.1f}s: reconstruction "
-                  f"{record['reconstruction']:.4g}, KL {record['kl']:.4g}, {record['active_dims']} active dims",
+            trial.set_user_attr("seconds", round(seconds, 2))
+            study.tell(trial, outcome["reconstruction"])
+            print(f"betavae sweep: {name} done in {seconds:.1f}s: reconstruction "
+                  f"{outcome['reconstruction']:.4g}, KL {outcome['kl']:.4g}, {outcome['active_dims']} active dims",
                   file=stream, flush=True)
-        ran += 1
+        ran += len(trials)
     return ran
 
 

@@ -64,21 +64,76 @@ def flatten_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
 def run_trial(spec: SweepSpec, weight: float, seed: int, log_path: Path) -> dict[str, Any]:
     """Train the (weight, seed) trial, resuming its run directory when an earlier attempt left one,
     then evaluate it. Returns the values the study stores for the trial."""
-    import betavae
-    from betavae.metrics import evaluate_run
-    from betavae.training.loop import MODEL_FILE
+    outcome = run_trials(spec, [(weight, seed)], [log_path])[0]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
-    config = spec.trial_config(weight, seed)
-    run_dir = config.run_dir()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", buffering=1) as stream:
-        if (run_dir / MODEL_FILE).is_file():
-            print(f"betavae sweep: {run_dir} already trained; evaluating it", file=stream)
-        elif (run_dir / "config.json").is_file():
-            print(f"betavae sweep: resuming {run_dir} from its newest checkpoint", file=stream)
-            betavae.resume(run_dir, stream=stream)
-        else:
-            betavae.train(config, stream=stream)
+
+def run_trials(spec: SweepSpec, points: list[tuple[float, int]],
+               log_paths: list[Path]) -> list[dict[str, Any] | Exception]:
+    """Train and evaluate several trials; per trial its record or the error that stopped it.
+
+    Trials whose run directory does not exist yet are trained together in one process
+    (:func:`betavae.training.parallel.train_group`) when there are two or more of them; a trial an
+    earlier attempt left half-trained is resumed alone from its newest checkpoint, a trained one is
+    only evaluated. A failure of one trial (NaN loss, an existing directory it may not write) is that
+    trial's outcome and does not stop the others.
+    """
+    import betavae
+    from betavae.training.loop import MODEL_FILE
+    from betavae.training.parallel import train_group
+
+    configs = [spec.trial_config(weight, seed) for weight, seed in points]
+    outcomes: list[dict[str, Any] | Exception | None] = [None] * len(points)
+    streams = []
+    try:
+        for path in log_paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            streams.append(open(path, "a", buffering=1))
+        fresh = [i for i, c in enumerate(configs) if not c.run_dir().exists() or not any(c.run_dir().iterdir())]
+        if len(fresh) > 1:
+            names = ", ".join(configs[i].run_dir().name for i in fresh)
+            for i in fresh:
+                print(f"betavae sweep: training {len(fresh)} trials together in one process: {names}", file=streams[i])
+            try:
+                results: list[Any] = train_group([configs[i] for i in fresh], [streams[i] for i in fresh])
+            except Exception as exc:  # noqa: BLE001 - a failure before training is every member's outcome
+                results = [exc] * len(fresh)
+            for i, result in zip(fresh, results):
+                if isinstance(result, Exception):
+                    outcomes[i] = result
+                    print(f"betavae sweep: {configs[i].run_dir()} failed: {result}", file=streams[i])
+        for i, config in enumerate(configs):
+            if outcomes[i] is not None or (len(fresh) > 1 and i in fresh):
+                continue
+            run_dir, stream = config.run_dir(), streams[i]
+            try:
+                if (run_dir / MODEL_FILE).is_file():
+                    print(f"betavae sweep: {run_dir} already trained; evaluating it", file=stream)
+                elif (run_dir / "config.json").is_file():
+                    print(f"betavae sweep: resuming {run_dir} from its newest checkpoint", file=stream)
+                    betavae.resume(run_dir, stream=stream)
+                else:
+                    betavae.train(config, stream=stream)
+            except Exception as exc:  # noqa: BLE001 - recorded as this trial's failure
+                outcomes[i] = exc
+        for i, config in enumerate(configs):
+            if outcomes[i] is None:
+                try:
+                    outcomes[i] = evaluate_trial(spec, config.run_dir())
+                except Exception as exc:  # noqa: BLE001 - recorded as this trial's failure
+                    outcomes[i] = exc
+    finally:
+        for stream in streams:
+            stream.close()
+    return outcomes  # type: ignore[return-value]
+
+
+def evaluate_trial(spec: SweepSpec, run_dir: Path) -> dict[str, Any]:
+    """Evaluate a trained trial's run directory; the values the study stores for the trial."""
+    from betavae.metrics import evaluate_run
+
     evaluation = evaluate_run(run_dir, metrics=spec.metrics, seed=spec.eval_seed, params=spec.metric_params())
     diagnosis = json.loads((run_dir / "diagnosis.json").read_text())
     mu, kl = udr_codes(run_dir, spec)
