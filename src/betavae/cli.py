@@ -35,8 +35,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
 
 
 def config_from_args(args: argparse.Namespace, **overrides: object) -> TrainConfig:
+    """The config the flags ask for: a ``--recipe``'s values first, then ``overrides``; explicit flags win."""
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     values.update({k: v for k, v in overrides.items() if k not in values})
+    if values.get("recipe") is not None:
+        from betavae.training.recipes import recipe_values
+
+        values = {**recipe_values(values["recipe"]), **values}
     return TrainConfig(**values)
 
 
@@ -44,14 +49,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     from betavae.training import resume, train
 
     if args.resume:
-        given = [f.name for f in fields(TrainConfig) if getattr(args, f.name) is not None and f.name != "steps"]
+        given = [f.name for f in fields(TrainConfig)
+                 if getattr(args, f.name) is not None and f.name not in ("steps", "time_limit")]
         if given:
             print(f"betavae: error: --resume continues a run with its saved config; drop {', '.join('--' + g.replace('_', '-') for g in given)} "
-                  "(only --steps may be given, to train further).", file=sys.stderr)
+                  "(only --steps and --time-limit may be given, to train further).", file=sys.stderr)
             return 2
-        resume(args.resume, steps=args.steps)
+        resume(args.resume, steps=args.steps, time_limit=args.time_limit)
     else:
         train(config_from_args(args))
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from betavae.training.recipes import RECIPES, format_recipes, recipe_values
+
+    if args.name:
+        values = {k: v for k, v in recipe_values(args.name).items() if k != "recipe"}
+        print(f"{args.name}: {RECIPES[args.name].summary}")
+        for key, value in values.items():
+            print(f"  --{key.replace('_', '-')} {value}")
+        return 0
+    print(format_recipes())
+    print("\nTrain with one: betavae train --recipe NAME [flags that override it]; 'betavae recipes NAME' shows its values.")
+    return 0
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    from betavae import reference
+
+    if args.copy:
+        name, destination = args.copy
+        print(f"betavae: copied {name} to {reference.copy(name, destination)}")
+        return 0
+    print(reference.format_references())
     return 0
 
 
@@ -81,13 +112,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     print(f"betavae: evaluating (MIG and unsupervised measures; {DEMO_METRICS_NOTE})", file=sys.stderr)
     record = evaluate_run(run_dir, metrics="mig,unsupervised", seed=0)
+    from betavae import reference
     from betavae.report import run_report
 
-    run_report(run_dir, seed=args.seed)  # again, now with the metrics
+    shown = reference.DEMO_REFERENCE if reference.DEMO_REFERENCE in reference.names() else None
+    run_report(run_dir, seed=args.seed, reference=shown)  # again, now with the metrics and the reference
     print(
         f"\nDemo finished. Metrics (disentanglement_lib protocol, mean codes):\n{format_table(record)}\n\n"
+        f"{_reference_comparison(record, shown)}"
         f"Open these files:\n"
-        f"  {run_dir}/report.html                   all of the below and the metrics in one page, for a browser\n"
+        f"  {run_dir}/report.html                   all of the below, the metrics and the reference model in one page\n"
         f"  {run_dir}/figures/training_curves.png   reconstruction, KL and β·KL, KL per dimension\n"
         f"  {run_dir}/figures/traversals.png        one row per latent (sorted by KL), swept from -3 to 3\n"
         f"  {run_dir}/figures/traversals.gif        the same, animated\n"
@@ -101,6 +135,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"and evaluate every metric with: betavae evaluate {run_dir}",
     )
     return 0
+
+
+def _reference_comparison(record: dict, name: str | None) -> str:
+    """The demo's headline metrics beside the shipped reference model's, as text."""
+    from betavae import reference
+
+    if name is None:
+        return "(This installation ships no reference model to compare with.)\n\n"
+    meta, theirs = reference.info(name), reference.summary_values(reference.evaluation(name))
+    ours = reference.summary_values(record)
+    lines = [f"Beside the shipped reference model '{name}' ({meta.get('summary', '')}; "
+             f"{meta.get('steps', 0):,} steps, {meta.get('train_minutes', 0):.0f} minutes on {meta.get('hardware', 'a CPU')}):",
+             f"  {'measure':<22}{'this demo':>12}{'reference':>12}"]
+    for label, value in theirs.items():
+        mine = f"{ours[label]:.3f}" if label in ours else "-"
+        lines.append(f"  {label:<22}{mine:>12}{value:>12.3f}")
+    lines.append(f"  its traversals and metrics are in the report; its files: {reference.path(name)}")
+    lines.append(f"  train one like it: {meta.get('command', 'betavae train --recipe fast-cpu')}")
+    return "\n".join(lines) + "\n\n"
 
 
 def cmd_traverse(args: argparse.Namespace) -> int:
@@ -217,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(train)
     train.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its newest checkpoint")
     train.set_defaults(func=cmd_train)
+
+    recipes = sub.add_parser("recipes", help="list the named training recipes (betavae train --recipe NAME)")
+    recipes.add_argument("name", nargs="?", choices=None, metavar="NAME", help="show one recipe's values")
+    recipes.set_defaults(func=cmd_recipes)
+
+    reference = sub.add_parser("reference", help="list the shipped reference models and their metrics")
+    reference.add_argument("--copy", nargs=2, metavar=("NAME", "DIR"), help="copy reference model NAME to DIR (to "
+                           "evaluate or train it further; the shipped copy stays as it is)")
+    reference.set_defaults(func=cmd_reference)
 
     demo = sub.add_parser("demo", help="train a β-VAE (β = 4) on dSprites for a few minutes and draw its figures",
                           description="A short β = 4 run on procedurally rendered dSprites, with figures and a diagnosis.")

@@ -39,12 +39,13 @@ SHARED_TERMS = ("elbo", "loss", "active_dims")
 
 
 def run_report(run_dir: str | Path, model: VAE | None = None, dataset: ImageDataset | None = None, *,
-               seed: int = 0, mi_images: int = MI_IMAGES) -> Path:
+               seed: int = 0, mi_images: int = MI_IMAGES, reference: str | None = None) -> Path:
     """Write ``run_dir/report.html`` and return its path.
 
     ``model`` and ``dataset`` default to the run's final model and its training data; figures that
     are missing from ``RUN/figures`` are drawn first. ``seed`` picks the images shown and those
-    encoded (``mi_images`` of them) for the factor sections.
+    encoded (``mi_images`` of them) for the factor sections. ``reference`` names a shipped
+    reference model (``betavae.reference``) shown beside the run: metrics side by side, its traversals.
     """
     run_dir = Path(run_dir)
     config = TrainConfig.load(run_dir)
@@ -91,6 +92,8 @@ def run_report(run_dir: str | Path, model: VAE | None = None, dataset: ImageData
         Section("traversals", "Latent traversals", _traversals_section(figures_dir, why_missing)),
         Section("metrics", "Disentanglement metrics", _metrics_section(run_dir, dataset)),
     ]
+    if reference is not None:
+        sections.append(Section("reference", "Beside a well-trained model", _reference_section(run_dir, reference)))
     if isinstance(dataset, FactorDataset) and model is not None and kl_per_dim is not None:
         sections += _factor_sections(model, dataset, kl_per_dim, config.collapse_threshold, seed, mi_images)
     document = page(f"betavae report: {run_dir.name}", _intro(config, run_dir, dataset, diagnosis), sections)
@@ -282,6 +285,34 @@ def _metrics_section(run_dir: Path, dataset: ImageDataset | None) -> str:
     caption = (f'<p class="caption">From <code>evaluation.json</code>{": " + esc(", ".join(details)) if details else ""}. '
                "Each metric's sample counts and parameters are in that file; docs/metrics.md defines them.</p>")
     return table(("metric", "measure", "value"), rows) + caption + no_factors
+
+
+def _reference_section(run_dir: Path, name: str) -> str:
+    from betavae import reference
+
+    try:
+        meta, theirs = reference.info(name), reference.evaluation(name)
+    except BetaVAEError as exc:
+        return empty(f"The reference model cannot be shown: {esc(exc)}")
+    ours_record = _read_json(run_dir / EVALUATION_FILE)
+    ours = reference.summary_values(ours_record) if ours_record else {}
+    theirs_values = reference.summary_values(theirs)
+    rows = [(label, ours.get(label, "not evaluated"), value) for label, value in theirs_values.items()]
+    steps = meta.get("steps")
+    parts = [
+        f"<p>The shipped reference model <code>{esc(name)}</code>: {esc(meta.get('summary', ''))}. "
+        f"It trained {fmt_number(steps)} steps ({fmt_number(meta.get('train_minutes'))} minutes on "
+        f"{esc(meta.get('hardware', 'a CPU'))}); this run's metrics beside its metrics (same protocol; the reference's "
+        "come from the full suite in its <code>evaluation.json</code>).</p>",
+        table(("measure", "this run", "reference"), rows),
+    ]
+    grid = reference.path(name) / FIGURES_DIR / "traversals.png"
+    if grid.is_file():
+        parts.append(figure(img_file(grid, "reference model's traversal grid", "reference_traversals"),
+                            "The reference model's traversals, one row per dim sorted by KL: position, scale and "
+                            "(partly) shape or orientation each move in a dim of their own."))
+    parts.append(f'<p class="caption">Reproduce it: <code>{esc(meta.get("command", ""))}</code></p>')
+    return "".join(parts)
 
 
 def _factor_sections(model: VAE, dataset: FactorDataset, kl_per_dim: list[float], threshold: float, seed: int,

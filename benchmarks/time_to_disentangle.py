@@ -1,0 +1,149 @@
+"""Time to disentanglement: train recipes for a wall-time budget and score them at fixed times.
+
+For each recipe and seed, ``betavae.train`` runs with ``time_limit`` set to the first checkpoint
+time; the model is then scored, and the run is resumed up to the next checkpoint time, and so on.
+The clock counts training only (the run's own cumulative ``elapsed_seconds``): scoring pauses it.
+At every checkpoint it records the steps and images trained, MIG (disentanglement_lib protocol,
+mean codes, 10,000 fresh factor samples, 20 bins), the FactorVAE score (protocol definition with
+fewer votes, see ``--factor-votes``), the reconstruction NLL (Bernoulli, nats per image, of the
+posterior means decoded, on 2,048 images drawn with the evaluation seed) and the active latent
+dimensions (KL ≥ 0.1 nats over the last logging interval). Every score uses the same seed and
+samples for every recipe, and only the trained model: no factor label is seen in training.
+
+    python benchmarks/time_to_disentangle.py                       # default vs fast-cpu, 30 min, seed 0
+    python benchmarks/time_to_disentangle.py --seeds 0,1,2 --minutes 5,10,20,30 --out bench-runs
+
+The table's last lines give, per recipe, the median over seeds at each checkpoint time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import betavae
+from betavae.data import dataset_from_config
+from betavae.metrics.factor_vae import factor_vae_score
+from betavae.metrics.mig import mig
+from betavae.metrics.run import encoder_fn
+from betavae.objectives.likelihoods import reconstruction_nll
+from betavae.training.logging import read_metrics
+from betavae.training.recipes import RECIPES, recipe_config
+
+
+def reconstruction(model: torch.nn.Module, images: np.ndarray) -> float:
+    """Mean Bernoulli NLL (nats per image) of ``images`` decoded from their posterior means."""
+    total = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(images), 512):
+            x = torch.from_numpy(images[start : start + 512].astype(np.float32))
+            mu, _ = model.encode(x)
+            total += float(reconstruction_nll(model.decode(mu), x, "bernoulli").sum())
+    return total / len(images)
+
+
+def score(run: Path, seed: int, factor_votes: int, recon_images: np.ndarray) -> dict[str, float]:
+    config = betavae.TrainConfig.load(run)
+    dataset = dataset_from_config(config)
+    model = betavae.load(run)
+    encode = encoder_fn(model)
+    last = read_metrics(run)[-1]
+    started = time.perf_counter()
+    result = {
+        "steps": last["step"],
+        "images": last["step"] * config.batch_size,
+        "train_minutes": last["elapsed_seconds"] / 60,
+        "mig": mig(dataset, encode, seed)["mig"],
+        "factor_vae": factor_vae_score(dataset, encode, seed, num_train=factor_votes,
+                                       num_eval=max(1, factor_votes // 2))["eval_accuracy"],
+        "recon": reconstruction(model, recon_images),
+        "active": last["active_dims"],
+    }
+    result["score_seconds"] = time.perf_counter() - started
+    return result
+
+
+def run_recipe(name: str, seed: int, minutes: list[float], out: Path, factor_votes: int,
+               recon_images: np.ndarray) -> list[dict[str, float]]:
+    run = out / f"{name}-seed{seed}"
+    rows = []
+    for i, limit in enumerate(minutes):
+        if i == 0:
+            config = recipe_config(name, seed=seed, out=str(run), figures=False, time_limit=limit)
+            betavae.train(config, stream=io.StringIO())
+        else:
+            betavae.resume(run, time_limit=limit, stream=io.StringIO())
+        row = {"recipe": name, "seed": seed, "minutes": limit, **score(run, 1000, factor_votes, recon_images)}
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+        rows.append(row)
+    return rows
+
+
+def print_table(rows: list[dict[str, float]], title: str) -> None:
+    print(f"\n{title}")
+    print(f"{'recipe':<10} {'seed':>4} {'min':>5} {'steps':>7} {'images':>10} {'MIG':>6} {'FactorVAE':>9} "
+          f"{'recon':>7} {'active':>6}")
+    for r in rows:
+        print(f"{r['recipe']:<10} {r['seed']!s:>4} {r['minutes']:>5g} {r['steps']:>7.0f} {r['images']:>10,.0f} "
+              f"{r['mig']:>6.3f} {r['factor_vae']:>9.3f} {r['recon']:>7.1f} {r['active']:>6.0f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipes", default="default,fast-cpu", help=f"comma-separated, of: {', '.join(RECIPES)}")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds (default: 0)")
+    parser.add_argument("--minutes", default="5,10,20,30", help="checkpoint times, minutes of training (default: 5,10,20,30)")
+    parser.add_argument("--factor-votes", type=int, default=1000,
+                        help="FactorVAE score training votes (half as many evaluation votes; the protocol uses "
+                             "10,000 and 5,000, which costs ~1M encoded images per checkpoint) (default: 1000)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", default="runs/time-to-disentangle", help="where the runs go; must not exist")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if out.exists():
+        print(f"{out} exists; pass another --out (earlier runs are kept).", file=sys.stderr)
+        return 2
+    recipes = args.recipes.split(",")
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        print(f"unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}", file=sys.stderr)
+        return 2
+    seeds = [int(s) for s in args.seeds.split(",")]
+    minutes = sorted(float(m) for m in args.minutes.split(","))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}; recipes {recipes}, seeds {seeds}, minutes {minutes}", flush=True)
+    dataset = dataset_from_config(recipe_config(recipes[0]))
+    rng = np.random.default_rng(1000)
+    recon_images = np.asarray(dataset.images_from_factors(dataset.sample_factors(2048, rng)), dtype=np.float32)
+    rows = []
+    for seed in seeds:  # seeds outermost: an interrupted run still compares the recipes
+        for name in recipes:
+            rows += run_recipe(name, seed, minutes, out, args.factor_votes, recon_images)
+    print_table(rows, "every run")
+    medians = []
+    for name in recipes:
+        for limit in minutes:
+            group = [r for r in rows if r["recipe"] == name and r["minutes"] == limit]
+            medians.append({"recipe": name, "seed": "med", "minutes": limit,
+                            **{k: statistics.median(r[k] for r in group)
+                               for k in ("steps", "images", "mig", "factor_vae", "recon", "active")}})
+    print_table(medians, f"median over seeds {seeds}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak resident memory {peak:.0f} MB; load average at the end {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
