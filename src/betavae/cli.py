@@ -202,7 +202,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from betavae.sweep import SweepSpec, run_sweep
     from betavae.sweep.spec import WEIGHT_FIELDS
 
-    objective = args.objective or "beta"
+    # a recipe's values first, explicit flags over them; the sweep sets the swept weight, seed and out itself
+    recipe = {}
+    if args.recipe is not None:
+        from betavae.training.recipes import recipe_values
+
+        recipe = recipe_values(args.recipe)
+    objective = args.objective or recipe.get("objective", "beta")
     if args.beta is not None and args.weights is not None:
         raise BetaVAEError("give the swept values once: --weights (any objective) or --beta (beta, tc), not both.")
     if args.beta is not None and WEIGHT_FIELDS.get(objective) != "beta":
@@ -213,6 +219,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise BetaVAEError("nothing to sweep: pass --beta 1,2,4,8 (beta, tc) or --weights LIST (any objective).")
     base = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
             if f.name not in ("beta", "seed", "out") and getattr(args, f.name, None) is not None}
+    base = {**{k: v for k, v in recipe.items() if k not in ("seed", "out", WEIGHT_FIELDS.get(objective))}, **base}
     spec = SweepSpec(out=args.out, weights=_number_list(text, "--beta" if args.beta is not None else "--weights"),
                      seeds=_seed_list(args.seeds), base=base, metrics=args.metrics, metric=args.metric,
                      storage=args.storage, study_name=args.study_name, workers=args.workers, parallel=args.parallel,

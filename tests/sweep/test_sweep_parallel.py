@@ -90,3 +90,18 @@ def test_parallel_must_be_positive(toy_npz, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(tiny_args(toy_npz, tmp_path / "s", "--parallel", "0"))
     assert exit_info.value.code == 2 and "--parallel: must be a whole number >= 1" in capsys.readouterr().err
+
+
+def test_a_recipe_sets_every_trials_config_but_the_swept_weight(toy_npz, tmp_path, monkeypatch):
+    import betavae.sweep
+
+    seen = []
+    monkeypatch.setattr(betavae.sweep, "run_sweep", seen.append)
+    assert main(tiny_args(toy_npz, tmp_path / "s", "--recipe", "fast-cpu", "--parallel", "2")) == 0
+    (spec,) = seen
+    # fast-cpu: tc, β 10, width 16, lr 1e-3, batch 64, 12000 steps, 30 minutes; the flags given win
+    assert spec.objective == "tc" and spec.weights == [1.0, 4.0] and spec.parallel == 2
+    assert {k: spec.base[k] for k in ("recipe", "width", "lr", "time_limit", "steps", "batch_size")} == {
+        "recipe": "fast-cpu", "width": 16, "lr": 1e-3, "time_limit": 30.0, "steps": 4, "batch_size": 16}
+    assert "beta" not in spec.base
+    assert spec.trial_config(4.0, 1).beta == 4.0
