@@ -165,7 +165,10 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     from betavae.training.logging import read_metrics
     from betavae.data import dataset_from_config
 
+    from betavae.reference import refuse_writes
+
     run_dir = Path(args.run)
+    refuse_writes(run_dir, "redraw the figures of")
     config = Config.load(run_dir)
     model = load(run_dir)
     history = read_metrics(run_dir)

@@ -93,7 +93,10 @@ def evaluate_run(run_dir: str | Path, metrics: str | Iterable[str] = "all", seed
     from betavae.files import write_json_atomic
     from betavae.training.config import TrainConfig
 
+    from betavae.reference import refuse_writes
+
     run_dir = Path(run_dir)
+    refuse_writes(run_dir, "evaluate")  # its evaluation.json is what it ships with
     config = TrainConfig.load(run_dir)
     model = betavae.load(run_dir)
     dataset = dataset_from_config(config)  # the run's own data, factors included

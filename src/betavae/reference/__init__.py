@@ -61,6 +61,18 @@ def copy(name: str, destination: str | Path) -> Path:
     return destination
 
 
+def refuse_writes(run_dir: str | Path, action: str) -> None:
+    """Raise :class:`ConfigError` when ``run_dir`` is a shipped reference model (they are read-only)."""
+    try:
+        inside = Path(run_dir).resolve().is_relative_to(ROOT)
+    except OSError:
+        return
+    if inside:
+        name = Path(run_dir).resolve().relative_to(ROOT).parts[0] if Path(run_dir).resolve() != ROOT else "NAME"
+        raise ConfigError(f"{run_dir} is a shipped reference model and is kept as shipped; {action} a copy instead: "
+                          f"betavae reference --copy {name} runs/{name}")
+
+
 def summary_values(record: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of an evaluation record: MIG, FactorVAE score, BetaVAE score, DCI, SAP."""
     metrics = record.get("metrics", {})

@@ -47,7 +47,10 @@ def run_report(run_dir: str | Path, model: VAE | None = None, dataset: ImageData
     encoded (``mi_images`` of them) for the factor sections. ``reference`` names a shipped
     reference model (``betavae.reference``) shown beside the run: metrics side by side, its traversals.
     """
+    from betavae.reference import refuse_writes
+
     run_dir = Path(run_dir)
+    refuse_writes(run_dir, "write a report for")
     config = TrainConfig.load(run_dir)
     history = read_metrics(run_dir)
     diagnosis = _read_json(run_dir / "diagnosis.json")

@@ -174,7 +174,10 @@ def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None 
     Under torchrun every process reads the run directory (on several machines it must be on a
     filesystem they all see); a checkpoint continues with any number of processes.
     """
+    from betavae.reference import refuse_writes
+
     run_dir = Path(run_dir)
+    refuse_writes(run_dir, "train")
     config = TrainConfig.load(run_dir)
     if steps is not None:
         config.steps = steps
