@@ -60,18 +60,28 @@ def test_unknown_dataset_and_unsupported_image_size(tmp_path, capsys):
     assert code == 2 and "square images of 32, 64, 128" in capsys.readouterr().err
 
 
-def test_demo_never_overwrites_an_earlier_demo(tmp_path, monkeypatch):
+def test_demo_never_overwrites_an_earlier_demo(tmp_path, monkeypatch, capsys):
     from betavae import cli
 
     calls = []
     monkeypatch.setattr("betavae.training.train", lambda config: calls.append(config.out) or tmp_path)
     record = {"metrics": {"mig": {"values": {"mig": 0.1}}}}
     monkeypatch.setattr("betavae.metrics.evaluate_run", lambda run, metrics, seed: record)
-    monkeypatch.setattr("betavae.report.run_report", lambda run, seed: tmp_path / "report.html")
+    references = []
+    monkeypatch.setattr("betavae.report.run_report",
+                        lambda run, seed, reference=None: references.append(reference) or tmp_path / "report.html")
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo-2").mkdir()
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--steps", "5"]) == 0
     assert calls == [str(tmp_path / "demo-3")]
+    # the report and the summary show the shipped reference model beside the demo's
+    from betavae import reference
+
+    assert references == [reference.DEMO_REFERENCE]
+    out = capsys.readouterr().out
+    assert f"Beside the shipped reference model '{reference.DEMO_REFERENCE}'" in out
+    mig = reference.summary_values(reference.evaluation(reference.DEMO_REFERENCE))["MIG"]
+    assert f"{'MIG':<22}{0.1:>12.3f}{mig:>12.3f}" in out
 
 
 def test_resume_refuses_other_settings(small_npy, tmp_path, capsys):

@@ -76,8 +76,8 @@ def refuse_writes(run_dir: str | Path, action: str) -> None:
 def summary_values(record: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of an evaluation record: MIG, FactorVAE score, BetaVAE score, DCI, SAP."""
     metrics = record.get("metrics", {})
-    picks = {"MIG": ("mig", "mig"), "FactorVAE score": ("factor_vae", "eval_accuracy"),
-             "BetaVAE score": ("beta_vae", "eval_accuracy"), "DCI disentanglement": ("dci", "disentanglement"),
+    picks = {"MIG": ("mig", "mig"), "FactorVAE score": ("factor_vae_score", "eval_accuracy"),
+             "BetaVAE score": ("beta_vae_score", "eval_accuracy"), "DCI disentanglement": ("dci", "disentanglement"),
              "SAP": ("sap", "sap")}
     out = {}
     for label, (metric, measure) in picks.items():
