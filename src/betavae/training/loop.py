@@ -318,7 +318,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
             if is_log_step and sums_count:  # (every step of the interval may have been skipped)
                 elapsed = time.perf_counter() - interval_start
                 speed = interval_steps * config.batch_size / elapsed  # the global batch: images of every process
-                log.write(_record(shared, sums_count, done, config, speed, time.perf_counter() - started))
+                log.write(log_record(shared, sums_count, done, config, speed, time.perf_counter() - started))
                 sums, shared, sums_count, interval_start, interval_steps = {}, {}, 0, time.perf_counter(), 0
             if is_checkpoint_step and dist.is_main:
                 save_checkpoint(run_dir, done, {
@@ -396,8 +396,9 @@ def _check_finite(sums: dict[str, Any], model: VAE, step: int, config: TrainConf
         )
 
 
-def _record(sums: dict[str, Any], count: int, step: int, config: TrainConfig, images_per_second: float,
-            elapsed: float) -> dict[str, Any]:
+def log_record(sums: dict[str, Any], count: int, step: int, config: TrainConfig, images_per_second: float,
+               elapsed: float) -> dict[str, Any]:
+    """The metrics.jsonl record of a logging step: every logged term averaged over the interval."""
     record: dict[str, Any] = {"step": step}
     for key, total in sums.items():
         mean = total / count

@@ -52,8 +52,8 @@ from betavae.training.config import TrainConfig
 from betavae.training.diagnostics import diagnose, format_diagnosis, reconstruction_baseline
 from betavae.training.logging import TrainingLog, read_metrics, truncate_metrics
 from betavae.training import distributed
-from betavae.training.loop import (MODEL_FILE, TrainingForward, prepare_run_dir, resolve_device, resolve_precision,
-                                   save_model)
+from betavae.training.loop import (MODEL_FILE, TrainingForward, log_record, prepare_run_dir, resolve_device,
+                                   resolve_precision, save_model)
 
 #: Config fields every member of a group must share: they fix the network, the data, the batch
 #: shape, the one optimizer and when the group stops. Everything else (objective and its weights, likelihood, seed,
@@ -344,7 +344,7 @@ def _run_steps(members: list[_Member], stack: _Stack, store: Any, config: TrainC
             if (last or done % c.log_every == 0) and member.count:
                 now = time.perf_counter()
                 speed = member.interval_steps * c.batch_size / (now - member.interval_start)
-                member.log.write(_record(member.sums, member.count, done, c, speed, now - started))
+                member.log.write(log_record(member.sums, member.count, done, c, speed, now - started))
                 member.sums, member.count, member.interval_start, member.interval_steps = {}, 0, now, 0
             if last or done % c.checkpoint_every == 0:
                 save_checkpoint(member.run_dir, done, {
@@ -397,19 +397,6 @@ def _check_finite(due: list[tuple[int, _Member]], stack: _Stack, step: int) -> s
         member.log.message(f"betavae: error: {member.error}")
         failed.add(row)
     return failed
-
-
-def _record(sums: dict[str, Any], count: int, step: int, config: TrainConfig, images_per_second: float,
-            elapsed: float) -> dict[str, Any]:
-    """The metrics.jsonl record of the training loop: every logged term averaged over the interval."""
-    record: dict[str, Any] = {"step": step}
-    for key, total in sums.items():
-        mean = total / count
-        record[key] = mean.tolist() if isinstance(mean, torch.Tensor) and mean.ndim else float(mean)
-    record["active_dims"] = sum(v >= config.collapse_threshold for v in record["kl_per_dim"])
-    record["images_per_second"] = images_per_second
-    record["elapsed_seconds"] = elapsed
-    return record
 
 
 def _finish(member: _Member, dataset: ImageDataset, spec: dict[str, Any]) -> Path:
