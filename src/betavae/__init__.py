@@ -2,7 +2,8 @@
 
 from betavae.training import TrainConfig, load, resume, train
 from betavae.training.parallel import train_many
+from betavae.training.recipes import recipe_config
 
 __version__ = "0.1.0"
 
-__all__ = ["TrainConfig", "__version__", "load", "resume", "train", "train_many"]
+__all__ = ["TrainConfig", "__version__", "load", "recipe_config", "resume", "train", "train_many"]

@@ -2,7 +2,9 @@
 
 A recipe fills in the config fields it names; any flag given explicitly wins over the recipe. The
 recipe's name is kept in the run's ``config.json`` (field ``recipe``) beside the values it set, so
-a run records both what it was asked for and what it ran with.
+a run records both what it was asked for and what it ran with. From Python use
+``betavae.recipe_config("fast-cpu", seed=1, out=...)``: ``TrainConfig(recipe=...)`` alone only
+records the name.
 
 The published recipes follow the training setups of the papers and of disentanglement_lib's
 ``unsupervised_study_v1`` (Locatello et al. 2019); see docs/recipes.md for the measurements behind
