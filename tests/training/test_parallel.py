@@ -194,6 +194,7 @@ def test_a_model_whose_loss_turns_nan_stops_alone(trained, data, tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"arch": "locatello"}, "must share arch, got 'burgess', 'locatello'"),
     ({"lr": 1e-4}, "must share lr"),
+    ({"lr_schedule": "cosine"}, "must share lr_schedule, got 'constant', 'cosine'"),
     ({"steps": 30}, "must share steps"),
     ({"time_limit": 5.0}, "must share time_limit, got 5.0, None"),
     ({"skip_nonfinite": 3}, "skip_nonfinite \\(3\\) skips one model's bad step"),

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -61,6 +62,41 @@ def test_resume_continues_to_the_same_result(small_npy, tmp_path):
     drop = {"images_per_second", "elapsed_seconds"}
     strip = lambda rs: [{k: v for k, v in r.items() if k not in drop} for r in rs]  # noqa: E731
     assert strip(read_metrics(part)) == strip(read_metrics(straight))
+
+
+def test_learning_rate_schedules():
+    constant = betavae.TrainConfig(lr=1e-3, steps=100)
+    assert [constant.learning_rate(s) for s in (0, 50, 99)] == [1e-3] * 3
+    cosine = betavae.TrainConfig(lr=1e-3, steps=100, lr_schedule="cosine")
+    assert cosine.learning_rate(0) == 1e-3
+    assert cosine.learning_rate(50) == pytest.approx(5e-4, rel=1e-12)  # half-way: half the rate
+    assert cosine.learning_rate(25) == pytest.approx(0.5e-3 * (1 + 2**-0.5), rel=1e-12)  # cos(π/4)
+    assert cosine.learning_rate(100) == pytest.approx(0.0, abs=1e-18)
+    assert cosine.learning_rate(250) == pytest.approx(0.0, abs=1e-18)  # past --steps it stays at 0
+    with pytest.raises(ConfigError, match="unknown lr_schedule 'step'; choose one of: constant, cosine"):
+        betavae.TrainConfig(lr_schedule="step").validate()
+
+
+def test_cosine_schedule_steps_adam_and_resumes_to_the_same_result(small_npy, tmp_path):
+    config = _config(small_npy, tmp_path / "straight", lr_schedule="cosine")
+    straight = betavae.train(config)
+    records = read_metrics(straight)
+    assert [r["lr"] for r in records] == pytest.approx([config.learning_rate(s - 1) for s in (10, 20, 30, 40)])
+    assert records[0]["lr"] > records[1]["lr"] > records[2]["lr"] > records[3]["lr"] > 0
+    final = load_checkpoint(list_checkpoints(straight)[-1])
+    assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(config.learning_rate(39))
+    # killed after the checkpoint of step 20: the resumed run takes the schedule up where it was
+    killed = shutil.copytree(straight, tmp_path / "killed")
+    (killed / "model.safetensors").unlink()
+    for path in list_checkpoints(killed):
+        if load_checkpoint(path)["step"] > 20:
+            shutil.rmtree(path)
+    betavae.resume(killed)
+    ta, tb = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    drop = {"images_per_second", "elapsed_seconds"}
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in drop} for r in rs]  # noqa: E731
+    assert strip(read_metrics(killed)) == strip(records)
 
 
 def test_existing_run_directory_is_never_touched(small_npy, tmp_path):

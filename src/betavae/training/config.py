@@ -23,6 +23,7 @@ from betavae.objectives import ESTIMATORS, LIKELIHOODS, OBJECTIVES, SCHEDULES
 
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("off", "on", "cudagraphs")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -84,6 +85,9 @@ class TrainConfig:
                                           "as if --steps ended there: checkpoint, model, diagnosis and figures")
     batch_size: int = _opt(64, "images per step")
     lr: float = _opt(5e-4, "Adam learning rate")
+    lr_schedule: str = _opt("constant", "how the learning rate moves over --steps: constant, or cosine (from --lr down "
+                                        "to 0 at --steps along half a cosine; Loshchilov & Hutter 2017)",
+                            choices=LR_SCHEDULES)
     seed: int = _opt(0, "random seed (weights, batches and sampling noise)")
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     precision: str = _opt("auto", "arithmetic of the model's forward and backward passes: auto (bf16 autocast on CUDA "
@@ -102,6 +106,12 @@ class TrainConfig:
                                   "(checks every step: one device sync per step)")
     collapse_threshold: float = _opt(0.1, "a latent dimension whose KL (nats) stays below this counts as collapsed")
     figures: bool = _opt(True, "draw figures at the end of training (--no-figures to skip)")
+
+    def learning_rate(self, step: int) -> float:
+        """Adam's learning rate for the update of 0-based ``step``, as ``lr_schedule`` says."""
+        if self.lr_schedule == "cosine":
+            return 0.5 * self.lr * (1.0 + math.cos(math.pi * min(step, self.steps) / self.steps))
+        return self.lr
 
     def run_dir(self) -> Path:
         if self.out:

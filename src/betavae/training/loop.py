@@ -294,6 +294,8 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
                     )
                 optimizer.zero_grad(set_to_none=True)
             else:
+                for group in optimizer.param_groups:
+                    group["lr"] = config.learning_rate(step)
                 optimizer.step()
                 logs.update(objective.update_auxiliary(output, x, step))
                 for key, value in logs.items():  # summed on the device: no sync here
@@ -404,6 +406,7 @@ def log_record(sums: dict[str, Any], count: int, step: int, config: TrainConfig,
         mean = total / count
         record[key] = mean.tolist() if isinstance(mean, torch.Tensor) and mean.ndim else float(mean)
     record["active_dims"] = sum(v >= config.collapse_threshold for v in record["kl_per_dim"])
+    record["lr"] = config.learning_rate(step - 1)  # of the interval's last update
     record["images_per_second"] = images_per_second
     record["elapsed_seconds"] = elapsed
     return record

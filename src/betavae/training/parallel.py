@@ -59,7 +59,7 @@ from betavae.training.loop import (MODEL_FILE, TrainingForward, log_record, prep
 #: shape, the one optimizer and when the group stops. Everything else (objective and its weights, likelihood, seed,
 #: logging and checkpoint intervals, figures, out) may differ from member to member.
 SHARED_FIELDS = ("dataset", "data", "image_size", "factors", "allow_subset", "skip_bad", "arch", "width", "latents",
-                 "batch_size", "lr", "steps", "time_limit", "device", "precision")
+                 "batch_size", "lr", "lr_schedule", "steps", "time_limit", "device", "precision")
 
 
 def check_group(configs: Sequence[TrainConfig]) -> None:
@@ -320,6 +320,8 @@ def _run_steps(members: list[_Member], stack: _Stack, store: Any, config: TrainC
             total = loss if total is None else total + loss  # d(total)/d(member's weights) = its own gradient
         stack.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        for group in stack.optimizer.param_groups:
+            group["lr"] = config.learning_rate(step)
         stack.optimizer.step()
         done = step + 1
         out_of_time = time_limit is not None and time.perf_counter() - started >= time_limit
