@@ -12,6 +12,10 @@ samples for every recipe, and only the trained model: no factor label is seen in
 
     python benchmarks/time_to_disentangle.py                       # default vs fast-cpu, 30 min, seed 0
     python benchmarks/time_to_disentangle.py --seeds 0,1,2 --minutes 5,10,20,30 --out bench-runs
+    python benchmarks/time_to_disentangle.py --recipes fast-cpu,fast-cpu+lr_schedule=cosine+steps=10000
+
+A recipe may carry config values that win over it, ``NAME+FIELD=VALUE+...`` (a candidate recipe
+measured beside the named ones; VALUE is read as JSON where it parses, else as text).
 
 The table's last lines give, per recipe, the median over seeds at each checkpoint time. A recipe whose
 own ``--steps`` end before a checkpoint time (fast-cpu's 8,000 steps take about 6 minutes on an idle
@@ -25,17 +29,21 @@ import argparse
 import io
 import json
 import os
+import re
 import resource
 import statistics
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 import betavae
 from betavae.data import dataset_from_config
+from betavae.errors import ConfigError
 from betavae.metrics.factor_vae import factor_vae_score
 from betavae.metrics.mig import mig
 from betavae.metrics.run import encoder_fn
@@ -76,13 +84,33 @@ def score(run: Path, seed: int, factor_votes: int, recon_images: np.ndarray) -> 
     return result
 
 
-def run_recipe(name: str, seed: int, minutes: list[float], out: Path, factor_votes: int,
+def parse_recipe(spec: str) -> tuple[str, dict[str, Any]]:
+    """``NAME`` or ``NAME+FIELD=VALUE+...``: a recipe and the config values that win over it."""
+    name, *pairs = spec.split("+")
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe '{name}' in '{spec}'; known: {', '.join(RECIPES)}")
+    known = {f.name for f in fields(betavae.TrainConfig)}
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"'{pair}' in '{spec}' is not FIELD=VALUE with a TrainConfig field")
+        try:
+            overrides[key] = json.loads(text)
+        except ValueError:
+            overrides[key] = text
+    return name, overrides
+
+
+def run_recipe(spec: str, seed: int, minutes: list[float], out: Path, factor_votes: int,
                recon_images: np.ndarray) -> list[dict[str, float]]:
-    run = out / f"{name}-seed{seed}"
+    name, overrides = parse_recipe(spec)
+    run = out / f"{re.sub(r'[^A-Za-z0-9._-]', '_', spec)}-seed{seed}"
     rows = []
     for i, limit in enumerate(minutes):
         if i == 0:
-            config = recipe_config(name, seed=seed, out=str(run), figures=False, time_limit=limit)
+            config = recipe_config(name, **{**overrides, "seed": seed, "out": str(run), "figures": False,
+                                            "time_limit": limit})
             betavae.train(config, stream=io.StringIO())
         elif read_metrics(run)[-1]["step"] >= betavae.TrainConfig.load(run).steps:
             # the recipe's own --steps ended before this time: its final model stands for the later times
@@ -92,24 +120,25 @@ def run_recipe(name: str, seed: int, minutes: list[float], out: Path, factor_vot
             continue
         else:
             betavae.resume(run, time_limit=limit, stream=io.StringIO())
-        row = {"recipe": name, "seed": seed, "minutes": limit, **score(run, 1000, factor_votes, recon_images)}
+        row = {"recipe": spec, "seed": seed, "minutes": limit, **score(run, 1000, factor_votes, recon_images)}
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         rows.append(row)
     return rows
 
 
 def print_table(rows: list[dict[str, float]], title: str) -> None:
+    w = max(10, *(len(str(r["recipe"])) for r in rows))
     print(f"\n{title}")
-    print(f"{'recipe':<10} {'seed':>4} {'min':>5} {'trained':>7} {'steps':>7} {'images':>10} {'MIG':>6} "
+    print(f"{'recipe':<{w}} {'seed':>4} {'min':>5} {'trained':>7} {'steps':>7} {'images':>10} {'MIG':>6} "
           f"{'FactorVAE':>9} {'recon':>7} {'active':>6}")
     for r in rows:
-        print(f"{r['recipe']:<10} {r['seed']!s:>4} {r['minutes']:>5g} {r['train_minutes']:>7.1f} {r['steps']:>7.0f} "
+        print(f"{r['recipe']:<{w}} {r['seed']!s:>4} {r['minutes']:>5g} {r['train_minutes']:>7.1f} {r['steps']:>7.0f} "
               f"{r['images']:>10,.0f} {r['mig']:>6.3f} {r['factor_vae']:>9.3f} {r['recon']:>7.1f} {r['active']:>6.0f}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipes", default="default,fast-cpu", help=f"comma-separated, of: {', '.join(RECIPES)}")
+    parser.add_argument("--recipes", default="default,fast-cpu", help=f"comma-separated, of: {', '.join(RECIPES)}; each may add +FIELD=VALUE config values")
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds (default: 0)")
     parser.add_argument("--minutes", default="5,10,20,30", help="checkpoint times, minutes of training (default: 5,10,20,30)")
     parser.add_argument("--factor-votes", type=int, default=1000,
@@ -125,15 +154,18 @@ def main() -> int:
         print(f"{out} exists; pass another --out (earlier runs are kept).", file=sys.stderr)
         return 2
     recipes = args.recipes.split(",")
-    unknown = [r for r in recipes if r not in RECIPES]
-    if unknown:
-        print(f"unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}", file=sys.stderr)
+    try:
+        for spec in recipes:
+            name, overrides = parse_recipe(spec)
+            recipe_config(name, **overrides).validate()
+    except (ValueError, ConfigError) as exc:
+        print(exc, file=sys.stderr)
         return 2
     seeds = [int(s) for s in args.seeds.split(",")]
     minutes = sorted(float(m) for m in args.minutes.split(","))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}; recipes {recipes}, seeds {seeds}, minutes {minutes}", flush=True)
-    dataset = dataset_from_config(recipe_config(recipes[0]))
+    dataset = dataset_from_config(recipe_config(parse_recipe(recipes[0])[0]))
     rng = np.random.default_rng(1000)
     recon_images = np.asarray(dataset.images_from_factors(dataset.sample_factors(2048, rng)), dtype=np.float32)
     rows = []
