@@ -12,7 +12,7 @@ samples for every recipe, and only the trained model: no factor label is seen in
 
     python benchmarks/time_to_disentangle.py                       # default vs fast-cpu, 30 min, seed 0
     python benchmarks/time_to_disentangle.py --seeds 0,1,2 --minutes 5,10,20,30 --out bench-runs
-    python benchmarks/time_to_disentangle.py --recipes fast-cpu,fast-cpu+lr_schedule=cosine+steps=10000
+    python benchmarks/time_to_disentangle.py --recipes fast-cpu,fast-cpu+lr_schedule=constant,fast-cpu+steps=12000
 
 A recipe may carry config values that win over it, ``NAME+FIELD=VALUE+...`` (a candidate recipe
 measured beside the named ones; VALUE is read as JSON where it parses, else as text).

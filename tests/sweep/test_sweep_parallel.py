@@ -99,7 +99,7 @@ def test_a_recipe_sets_every_trials_config_but_the_swept_weight(toy_npz, tmp_pat
     monkeypatch.setattr(betavae.sweep, "run_sweep", seen.append)
     assert main(tiny_args(toy_npz, tmp_path / "s", "--recipe", "fast-cpu", "--parallel", "2")) == 0
     (spec,) = seen
-    # fast-cpu: tc, β 10, width 16, lr 1e-3, batch 64, 12000 steps, 30 minutes; the flags given win
+    # fast-cpu: tc, β 10, width 16, lr 1e-3 (cosine), batch 64, 8000 steps, 30 minutes; the flags given win
     assert spec.objective == "tc" and spec.weights == [1.0, 4.0] and spec.parallel == 2
     assert {k: spec.base[k] for k in ("recipe", "width", "lr", "time_limit", "steps", "batch_size")} == {
         "recipe": "fast-cpu", "width": 16, "lr": 1e-3, "time_limit": 30.0, "steps": 4, "batch_size": 16}
