@@ -73,6 +73,21 @@ def test_factor_objective_report_shows_its_own_terms(tmp_path, labelled_npz, tra
     assert "--objective factor" in page.text["config"]
 
 
+def test_learning_rate_is_described_in_the_setup_not_as_an_objective_term(tmp_path, small_images, train_tiny,
+                                                                         parse_page):
+    import numpy as np
+
+    data = tmp_path / "plain.npy"
+    np.save(data, small_images)
+    run = train_tiny(tmp_path / "cosine", data, lr_schedule="cosine")
+    records = read_metrics(run)
+    assert len({r["lr"] for r in records}) > 1  # the logged rate decays ...
+    page = parse_page(run_report(run, mi_images=600))
+    assert "learning rate 0.001 with cosine decay to 0" in page.text["config"]  # ... and is said once, in words
+    assert page.figures("curves") == ["training_curves", "elbo_curves"]  # not plotted as a term of the objective
+    assert "lr" not in _own_terms(run)
+
+
 def test_run_without_factors_gets_its_report_from_training(plain_run, parse_page):
     page = parse_page(plain_run / "report.html")  # written by the training loop (figures on)
     assert page.sections == COMMON

@@ -33,7 +33,9 @@ REPORT_FILE = "report.html"
 EVALUATION_FILE = "evaluation.json"
 FIGURE_FILES = ("training_curves.png", "reconstructions.png", "samples.png", "traversals.png", "traversals.gif")
 #: Logged keys drawn in the main curves figure, or not about learning (throughput, time).
-MAIN_CURVE_KEYS = ("step", "reconstruction", "kl", "weighted_kl", "kl_per_dim", "images_per_second", "elapsed_seconds")
+# Logged by every run, and shown elsewhere: the main curves, the timing, and Adam's learning rate (in "Optimisation").
+MAIN_CURVE_KEYS = ("step", "reconstruction", "kl", "weighted_kl", "kl_per_dim", "images_per_second", "elapsed_seconds",
+                   "lr")
 #: Logged by every objective (the rest of a record's numeric keys are the objective's own terms).
 SHARED_TERMS = ("elbo", "loss", "active_dims")
 
@@ -152,8 +154,9 @@ def _config_section(config: TrainConfig, dataset: ImageDataset | None, history: 
         ("Objective", _objective_words(config.objective) + (f", {esc(weight)}" if weight else "")),
         ("Data", _data_words(config, dataset)),
         ("Model", f"{esc(config.arch)} encoder and decoder, {config.latents} latent dims, {esc(likelihood)} likelihood"),
-        ("Optimisation", f"{config.steps:,} steps of {config.batch_size} images, Adam, learning rate {config.lr:g}, "
-                         f"seed {config.seed}"),
+        ("Optimisation", f"{config.steps:,} steps of {config.batch_size} images, Adam, learning rate {config.lr:g}"
+                         + (" with cosine decay to 0" if config.lr_schedule == "cosine" else "")
+                         + f", seed {config.seed}"),
     ]
     if history:
         last = history[-1]
