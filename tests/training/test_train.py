@@ -159,3 +159,24 @@ def test_reconstruction_baseline_is_the_constant_image_nll():
     images[:2] = 1.0  # each pixel is 1 in half the images: the best constant is 0.5
     baseline = reconstruction_baseline(ArrayDataset(images), "bernoulli", 0.1, np.random.default_rng(0))
     assert baseline == pytest.approx(32 * 32 * np.log(2), rel=1e-4)
+
+
+def test_restored_adam_moments_take_their_weights_memory_layout():
+    from betavae.training.loop import load_optimizer_state, make_adam
+
+    def train(restore_at):
+        weight = torch.nn.Parameter(torch.arange(48.0).reshape(4, 3, 2, 2).to(memory_format=torch.channels_last))
+        optimizer = make_adam([weight], 0.1, weight.device)  # fused on the CPU
+        grads = torch.Generator().manual_seed(0)
+        for step in range(3):
+            if step == restore_at:  # as from a checkpoint: every tensor contiguous
+                saved = optimizer.state_dict()
+                saved["state"] = {i: {k: v.contiguous() for k, v in s.items()} for i, s in saved["state"].items()}
+                optimizer = make_adam([weight], 0.1, weight.device)
+                load_optimizer_state(optimizer, saved)
+                assert optimizer.state[weight]["exp_avg"].stride() == weight.stride()
+            weight.grad = torch.randn(4, 3, 2, 2, generator=grads).contiguous(memory_format=torch.channels_last)
+            optimizer.step()
+        return weight.detach()
+
+    assert torch.equal(train(restore_at=None), train(restore_at=1))

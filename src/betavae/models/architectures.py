@@ -24,6 +24,13 @@ from betavae.errors import ConfigError
 SUPPORTED_SIZES = (32, 64, 128)
 
 
+def _relu() -> nn.ReLU:
+    """ReLU in place: every ReLU here follows a layer whose backward pass does not need its output, so
+    overwriting it is safe, and it saves a tensor per layer (about 1.15x training throughput on a CPU,
+    docs/performance.md)."""
+    return nn.ReLU(inplace=True)
+
+
 def _halvings(image_shape: tuple[int, int, int], arch: str) -> int:
     _, h, w = image_shape
     if h != w or h not in SUPPORTED_SIZES:
@@ -40,11 +47,11 @@ class BurgessEncoder(nn.Module):
         layers: list[nn.Module] = []
         in_ch = image_shape[0]
         for _ in range(_halvings(image_shape, "burgess")):
-            layers += [nn.Conv2d(in_ch, channels, 4, 2, 1), nn.ReLU()]
+            layers += [nn.Conv2d(in_ch, channels, 4, 2, 1), _relu()]
             in_ch = channels
         self.conv = nn.Sequential(*layers)
         self.fc = nn.Sequential(
-            nn.Flatten(), nn.Linear(channels * 16, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+            nn.Flatten(), nn.Linear(channels * 16, hidden), _relu(), nn.Linear(hidden, hidden), _relu()
         )
         self.head = nn.Linear(hidden, 2 * latents)  # (mu, logvar)
 
@@ -57,8 +64,8 @@ class BurgessDecoder(nn.Module):
         super().__init__()
         self.channels = channels
         self.fc = nn.Sequential(
-            nn.Linear(latents, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-            nn.Linear(hidden, channels * 16), nn.ReLU(),
+            nn.Linear(latents, hidden), _relu(), nn.Linear(hidden, hidden), _relu(),
+            nn.Linear(hidden, channels * 16), _relu(),
         )
         n = _halvings(image_shape, "burgess")
         layers: list[nn.Module] = []
@@ -66,7 +73,7 @@ class BurgessDecoder(nn.Module):
             last = i == n - 1
             layers.append(nn.ConvTranspose2d(channels, image_shape[0] if last else channels, 4, 2, 1))
             if not last:
-                layers.append(nn.ReLU())
+                layers.append(_relu())
         self.deconv = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -83,10 +90,10 @@ class LocatelloEncoder(nn.Module):
         layers: list[nn.Module] = []
         in_ch = image_shape[0]
         for width, k in zip(widths, kernels):
-            layers += [nn.Conv2d(in_ch, width, k, 2, 1 if k == 4 else 0), nn.ReLU()]
+            layers += [nn.Conv2d(in_ch, width, k, 2, 1 if k == 4 else 0), _relu()]
             in_ch = width
         self.conv = nn.Sequential(*layers)
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(64 * 16, 256), nn.ReLU())
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(64 * 16, 256), _relu())
         self.head = nn.Linear(256, 2 * latents)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,14 +104,14 @@ class LocatelloDecoder(nn.Module):
     def __init__(self, image_shape: tuple[int, int, int], latents: int):
         super().__init__()
         n = _halvings(image_shape, "locatello")
-        self.fc = nn.Sequential(nn.Linear(latents, 256), nn.ReLU(), nn.Linear(256, 1024), nn.ReLU())
+        self.fc = nn.Sequential(nn.Linear(latents, 256), _relu(), nn.Linear(256, 1024), _relu())
         widths = [64] + [32] * (n - 2) + [image_shape[0]]  # the 64-pixel net: 64, 32, 32, C
         layers: list[nn.Module] = []
         in_ch = 64
         for i, width in enumerate(widths):
             layers.append(nn.ConvTranspose2d(in_ch, width, 4, 2, 1))
             if i < len(widths) - 1:
-                layers.append(nn.ReLU())
+                layers.append(_relu())
             in_ch = width
         self.deconv = nn.Sequential(*layers)
 
@@ -116,8 +123,8 @@ class MLPEncoder(nn.Module):
     def __init__(self, image_shape: tuple[int, int, int], latents: int, hidden: int = 1200):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Flatten(), nn.Linear(math.prod(image_shape), hidden), nn.ReLU(),
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latents),
+            nn.Flatten(), nn.Linear(math.prod(image_shape), hidden), _relu(),
+            nn.Linear(hidden, hidden), _relu(), nn.Linear(hidden, 2 * latents),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -52,8 +52,8 @@ from betavae.training.config import TrainConfig
 from betavae.training.diagnostics import diagnose, format_diagnosis, reconstruction_baseline
 from betavae.training.logging import TrainingLog, read_metrics, truncate_metrics
 from betavae.training import distributed
-from betavae.training.loop import (MODEL_FILE, TrainingForward, log_record, prepare_run_dir, resolve_device,
-                                   resolve_precision, save_model)
+from betavae.training.loop import (MODEL_FILE, TrainingForward, load_optimizer_state, log_record, make_adam,
+                                   prepare_run_dir, resolve_device, resolve_precision, save_model)
 
 #: Config fields every member of a group must share: they fix the network, the data, the batch
 #: shape, the one optimizer and when the group stops. Everything else (objective and its weights, likelihood, seed,
@@ -166,7 +166,7 @@ class _Stack:
         self.params, self.buffers = stack_module_state(models)
         # the training loop's forward pass (noise given, outputs in fp32); its tensors come stacked
         self.net = TrainingForward(copy.deepcopy(models[0]).to("meta"))
-        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=lr)
+        self.optimizer = make_adam(list(self.params.values()), lr, next(iter(self.params.values())).device)
         self._batched = torch.vmap(self._one)
 
     def _one(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor,
@@ -204,8 +204,8 @@ class _Stack:
         index = torch.tensor(rows, device=next(iter(self.params.values())).device)
         self.params = {k: v.detach().index_select(0, index).requires_grad_(True) for k, v in self.params.items()}
         self.buffers = {k: v.index_select(0, index) for k, v in self.buffers.items()}
-        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=old["param_groups"][0]["lr"])
-        self.optimizer.load_state_dict({
+        self.optimizer = make_adam(list(self.params.values()), old["param_groups"][0]["lr"], index.device)
+        load_optimizer_state(self.optimizer, {
             "state": {i: {k: v.index_select(0, index.to(v.device)) if v.ndim else v.clone() for k, v in s.items()}
                       for i, s in old["state"].items()},
             "param_groups": old["param_groups"],
