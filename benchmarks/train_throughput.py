@@ -1,28 +1,42 @@
 """Training throughput: betavae's own training loop against plain PyTorch loops of the same network.
 
-Runs, in one process and interleaved round by round (so machine noise hits every variant alike):
+Runs, in one process and interleaved round by round (so machine noise hits every variant alike), for
+every batch size of ``--batch-sizes`` and every thread count of ``--threads``:
 
-- ``plain``             the textbook loop: NCHW tensors, Adam, Bernoulli NLL + β·KL, batch drawn from
-                        float images held in memory;
+- ``plain``             the textbook loop: NCHW tensors, fp32, ``nn.ReLU()`` and ``torch.optim.Adam``
+                        with PyTorch's defaults, Bernoulli NLL + β·KL, the batch gathered from float
+                        images held on the device;
 - ``plain-cl``          the same with the channels-last memory format (model and batches);
-- ``betavae``           ``betavae.train`` itself (bit-packed data on the device, logging every 100 steps,
-                        no checkpoints or figures), images/s read from its own timing of the steps;
+- ``plain-tuned``       channels-last, ReLU in place and Adam's fused kernel: the fastest plain loop
+                        found (the three changes that betavae's own step makes);
+- ``betavae``           ``betavae.train`` itself (bit-packed data on the device, logging every ``n/3``
+                        steps, no checkpoints or figures) with ``--precision`` and ``--compile``; its
+                        images/s are read from its own timing of the steps (the first logged interval,
+                        warm-up and compilation, left out).
 
-and prints images/s per variant (median over rounds), the achieved GFLOP/s (FLOPs counted by
-PyTorch's FlopCounterMode on one training step) against a float32 matmul peak measured in the same
-run, peak memory, and last the ratios of betavae to each plain variant.
+Every variant trains the same number of images (``--images-per-run``) per round. Printed: images/s per
+variant (median over rounds, min and max), the achieved GFLOP/s (FLOPs counted by PyTorch's
+FlopCounterMode on one training step) against a matrix-product peak measured in the same run, peak
+memory, the time the standard budget (300,000 steps of batch 64: 19.2 million images) takes at the
+best rate, and last the ratios: betavae against the plain default loop (batch 64 if measured, default
+threads) and against the best plain variant found, each the median of the ratios of the rounds (the
+two variants of a ratio ran close together in time, so slow spells of a shared machine cancel out).
 
-    python benchmarks/train_throughput.py [--arch burgess] [--batch-size 64] [--steps 300] [--rounds 3]
+    python benchmarks/train_throughput.py                                  # CPU, batch 64
+    python benchmarks/train_throughput.py --batch-sizes 64,256 --threads 1,2 --rounds 3
+    python benchmarks/train_throughput.py --device cuda --batch-sizes 64,256,1024 --compile cudagraphs
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import resource
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,19 +48,45 @@ import betavae
 from betavae.data.dsprites import DSprites, render
 from betavae.models import build_model
 from betavae.objectives import kl_to_standard_normal
+from betavae.training.loop import resolve_device, resolve_precision
+
+LOOPS = ("plain", "plain-cl", "plain-tuned", "betavae")
+STANDARD_BUDGET = 300_000 * 64  # images: disentanglement_lib's 300,000 steps of batch 64
 
 
-def plain_loop(images: torch.Tensor, arch: str, batch: int, steps: int, channels_last: bool, seed: int = 0) -> float:
-    """Images/s of a plain PyTorch β-VAE loop (β = 4) over ``steps`` steps after 10 warm-up steps."""
+@dataclass(frozen=True)
+class Variant:
+    loop: str  # plain, plain-cl, plain-tuned or betavae
+    batch: int
+    threads: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.loop} b{self.batch} t{self.threads}"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_loop(images: torch.Tensor, arch: str, batch: int, images_per_run: int, variant: str,
+               device: torch.device, seed: int = 0) -> float:
+    """Images/s of a plain PyTorch β-VAE loop (β = 4) after 10 warm-up steps."""
     torch.manual_seed(seed)
     model = build_model(arch, 10, (1, 64, 64))
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    opt = torch.optim.Adam(model.parameters(), lr=5e-4)
+    tuned = variant == "plain-tuned"
+    for module in model.modules():  # betavae's nets use ReLU in place; a plain loop has PyTorch's default
+        if isinstance(module, torch.nn.ReLU):
+            module.inplace = tuned
+    fmt = torch.contiguous_format if variant == "plain" else torch.channels_last
+    model = model.to(device, memory_format=fmt)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-4, fused=True if tuned else None)
     n = images.shape[0]
+    steps = max(1, images_per_run // batch)
 
     def step() -> None:
-        x = images[torch.randint(n, (batch,))].contiguous(memory_format=fmt)
+        x = images[torch.randint(n, (batch,), device=device)].contiguous(memory_format=fmt)
         mu, logvar = model.encode(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         recon = F.binary_cross_entropy_with_logits(model.decode(z), x, reduction="sum") / batch
@@ -58,21 +98,22 @@ def plain_loop(images: torch.Tensor, arch: str, batch: int, steps: int, channels
 
     for _ in range(10):
         step()
+    _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    _sync(device)
     return steps * batch / (time.perf_counter() - start)
 
 
-def betavae_loop(data: Path, arch: str, batch: int, steps: int) -> float:
+def betavae_loop(data: Path, arch: str, batch: int, images_per_run: int, device: str, precision: str,
+                 compile_mode: str) -> float:
     """Images/s of ``betavae.train`` on the same images, from its own logged step timing."""
-    log_every = max(10, steps // 3)
+    log_every = max(10, images_per_run // batch // 3)  # whole intervals only: the median is over like ones
     with tempfile.TemporaryDirectory() as tmp:
-        config = betavae.TrainConfig(data=str(data), arch=arch, batch_size=batch, steps=steps + log_every, lr=5e-4,
-                                     log_every=log_every, checkpoint_every=10 * steps, figures=False,
-                                     out=str(Path(tmp) / "run"))
-        import io
-
+        config = betavae.TrainConfig(data=str(data), arch=arch, batch_size=batch, steps=4 * log_every, lr=5e-4,
+                                     log_every=log_every, checkpoint_every=100 * log_every, figures=False, device=device,
+                                     precision=precision, compile=compile_mode, out=str(Path(tmp) / "run"))
         run = betavae.train(config, stream=io.StringIO())
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return statistics.median(r["images_per_second"] for r in records[1:])  # the first interval is warm-up
@@ -89,54 +130,102 @@ def flops_per_image(arch: str, batch: int) -> float:
     return counter.get_total_flops() / batch
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.rand(size, size), torch.rand(size, size)
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """Achieved GFLOP/s of a square matrix product of ``dtype`` on ``device`` (the run's own peak)."""
+    if device.type == "cuda":
+        size, repeats = 8192, 50
+    a = torch.rand(size, size, device=device, dtype=dtype)
+    b = torch.rand(size, size, device=device, dtype=dtype)
     a @ b
+    _sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    _sync(device)
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def peak_memory_mib(device: torch.device) -> str:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB on the GPU, {rss:.0f} MiB resident"
+    return f"{rss:.0f} MiB resident"
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="burgess")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=300, help="timed steps per variant and round")
+    parser.add_argument("--arch", default="burgess", choices=("burgess", "locatello"))
+    parser.add_argument("--batch-sizes", default="64", help="comma-separated batch sizes (default: 64)")
+    parser.add_argument("--threads", default="", help="comma-separated torch CPU thread counts (default: torch's)")
+    parser.add_argument("--images-per-run", type=int, default=19200,
+                        help="images each variant trains per round (default: 19,200, 300 steps of batch 64)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=16384, help="distinct dSprites images in memory")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="betavae's --precision (the plain loops are fp32)")
+    parser.add_argument("--compile", default="off", choices=("off", "on", "cudagraphs"), help="betavae's --compile")
     args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    batches = _ints(args.batch_sizes)
+    default_threads = torch.get_num_threads()
+    threads = _ints(args.threads) or [default_threads]
+    variants = [Variant(loop, b, t) for t in threads for b in batches for loop in LOOPS]
 
     rng = np.random.default_rng(0)
     images_u8 = render(DSprites().sample_factors(args.images, rng))  # (N, 64, 64) binary
-    images = torch.from_numpy(images_u8).float().unsqueeze(1)
+    images = torch.from_numpy(images_u8).float().unsqueeze(1).to(device)
+    results: dict[Variant, list[float]] = {v: [] for v in variants}
+    peaks = []
+    peak_dtype = resolve_precision(args.precision, device) or torch.float32
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "images.npy"
         np.save(data, images_u8)
-        results: dict[str, list[float]] = {"plain": [], "plain-cl": [], "betavae": []}
-        peaks = []
         for _ in range(args.rounds):
-            results["plain"].append(plain_loop(images, args.arch, args.batch_size, args.steps, channels_last=False))
-            results["plain-cl"].append(plain_loop(images, args.arch, args.batch_size, args.steps, channels_last=True))
-            results["betavae"].append(betavae_loop(data, args.arch, args.batch_size, args.steps))
-            peaks.append(matmul_peak_gflops())
+            for v in variants:
+                torch.set_num_threads(v.threads)
+                if v.loop == "betavae":
+                    speed = betavae_loop(data, args.arch, v.batch, args.images_per_run, str(device),
+                                         args.precision, args.compile)
+                else:
+                    speed = plain_loop(images, args.arch, v.batch, args.images_per_run, v.loop, device)
+                results[v].append(speed)
+            torch.set_num_threads(default_threads)
+            peaks.append(matmul_peak_gflops(device, peak_dtype))
 
-    flops = flops_per_image(args.arch, args.batch_size)
+    flops = flops_per_image(args.arch, batches[0])
     peak = statistics.median(peaks)
-    print(f"arch {args.arch}, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"arch {args.arch} on {device} ({where}), {args.images_per_run:,} images per variant x {args.rounds} rounds, "
+          f"torch {torch.__version__}; betavae precision {args.precision}, compile {args.compile}")
     print(f"training FLOPs per image (forward + backward): {flops / 1e6:.1f} MFLOP")
-    print(f"float32 matmul peak (2048^2): {peak:.1f} GFLOP/s")
-    print(f"{'variant':<10} {'images/s (median)':>18} {'min':>8} {'max':>8} {'GFLOP/s':>8} {'% of peak':>9}")
-    medians = {}
-    for name, values in results.items():
-        medians[name] = statistics.median(values)
-        gflops = medians[name] * flops / 1e9
-        print(f"{name:<10} {medians[name]:>18.0f} {min(values):>8.0f} {max(values):>8.0f} {gflops:>8.1f} "
+    print(f"{str(peak_dtype).removeprefix('torch.')} matmul peak: {peak:.1f} GFLOP/s")
+    print(f"{'variant':<20} {'images/s (median)':>18} {'min':>8} {'max':>8} {'GFLOP/s':>8} {'% of peak':>9}")
+    medians = {v: statistics.median(values) for v, values in results.items()}
+    for v, values in results.items():
+        gflops = medians[v] * flops / 1e9
+        print(f"{v.label:<20} {medians[v]:>18.0f} {min(values):>8.0f} {max(values):>8.0f} {gflops:>8.1f} "
               f"{100 * gflops / peak:>8.1f}%")
-    print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-    print(f"ratio betavae / plain:    {medians['betavae'] / medians['plain']:.2f}")
-    print(f"ratio betavae / plain-cl: {medians['betavae'] / medians['plain-cl']:.2f}")
+    print(f"peak memory: {peak_memory_mib(device)}")
+    best_betavae = max((v for v in variants if v.loop == "betavae"), key=medians.get)
+    best_plain = max((v for v in variants if v.loop != "betavae"), key=medians.get)
+    minutes = STANDARD_BUDGET / medians[best_betavae] / 60
+    print(f"standard budget (300,000 steps x 64 = 19.2 M images) at {best_betavae.label}'s rate: {minutes:,.1f} minutes")
+    default = Variant("plain", 64 if 64 in batches else batches[0],
+                      default_threads if default_threads in threads else threads[-1])
+    same = Variant("betavae", default.batch, default.threads)
+    print(f"best plain variant: {best_plain.label}; best betavae: {best_betavae.label}")
+    # Ratios round by round (the two ran minutes apart at most), then their median: drifts in the
+    # machine's speed between rounds cancel out of each pair.
+    for a, b, what in ((same, default, "the plain default loop"), (best_betavae, best_plain, "the best plain variant")):
+        ratios = [x / y for x, y in zip(results[a], results[b])]
+        print(f"ratio {a.label} / {b.label} ({what}): {statistics.median(ratios):.2f} "
+              f"(median of {len(ratios)} rounds, {min(ratios):.2f}-{max(ratios):.2f})")
 
 
 if __name__ == "__main__":
