@@ -32,8 +32,8 @@ REPORT_FILE = "report.html"
 #: Written by ``betavae evaluate RUN`` (``betavae.metrics.evaluate_run``).
 EVALUATION_FILE = "evaluation.json"
 FIGURE_FILES = ("training_curves.png", "reconstructions.png", "samples.png", "traversals.png", "traversals.gif")
-#: Logged keys drawn in the main curves figure, or not about learning (throughput, time).
-# Logged by every run, and shown elsewhere: the main curves, the timing, and Adam's learning rate (in "Optimisation").
+#: Logged keys drawn in the main curves figure, or shown elsewhere (throughput, time; Adam's learning
+#: rate is stated in the "Optimisation" row).
 MAIN_CURVE_KEYS = ("step", "reconstruction", "kl", "weighted_kl", "kl_per_dim", "images_per_second", "elapsed_seconds",
                    "lr")
 #: Logged by every objective (the rest of a record's numeric keys are the objective's own terms).
