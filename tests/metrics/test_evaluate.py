@@ -17,7 +17,7 @@ SMALL = {
     "factor_vae_score": {"num_train": 100, "num_eval": 60, "num_variance_estimate": 300, "group_size": 8},
     "mig": {"num_train": 400},
     "sap": {"num_train": 300, "num_test": 150},
-    "dci": {"num_train": 300, "num_test": 150, "importance": "random_forest"},
+    "dci": {"num_train": 300, "num_test": 150},
     "modularity_explicitness": {"num_train": 300, "num_test": 150},
     "unsupervised": {"num_train": 300},
 }
