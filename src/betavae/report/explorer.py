@@ -2,9 +2,11 @@
 
 The standard library's :class:`http.server.ThreadingHTTPServer` serves one page and a small JSON
 API (docs/report.md lists the endpoints). Every request is checked before it reaches the model: a
-bad one gets a 4xx answer with a message, never a 500. The server binds to 127.0.0.1 by default and,
-while bound to a loopback address, answers only requests addressed to a loopback host name (a web
-page elsewhere cannot reach it through DNS rebinding).
+bad one gets a 4xx answer with a message, never a 500, and ends the connection (a body left unread
+is never taken for a next request). The server binds to 127.0.0.1 by default and, while bound to a
+loopback address, answers only requests addressed to a loopback host name (a web page elsewhere
+cannot reach it through DNS rebinding). A client that stalls is dropped after ``CLIENT_TIMEOUT``
+seconds, and a client that goes away leaves nothing in the log.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ SLIDER_RANGE = 3.0
 MAX_BODY = 64 * 1024
 #: Most dataset thumbnails one request may ask for.
 MAX_THUMBNAILS = 64
+#: Seconds a client may stay silent while sending a request or taking its answer before the server
+#: drops the connection: a half-sent request must not hold a thread forever. Read when a server is made.
+CLIENT_TIMEOUT = 20.0
+#: What a socket raises when the client went away (reset, closed) or stalled past CLIENT_TIMEOUT: not
+#: a fault of the explorer, so the connection is dropped without an answer and nothing is logged.
+CLIENT_GONE = (ConnectionError, TimeoutError)
 
 
 class RequestError(Exception):
@@ -238,6 +246,7 @@ def make_handler(explorer: Explorer, check_host: bool) -> type[BaseHTTPRequestHa
     class Handler(BaseHTTPRequestHandler):
         server_version = "betavae-explore"
         protocol_version = "HTTP/1.1"
+        timeout = CLIENT_TIMEOUT  # set on each connection's socket: every read and write waits at most this long
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet: one line per slider move is noise
             pass
@@ -248,6 +257,9 @@ def make_handler(explorer: Explorer, check_host: bool) -> type[BaseHTTPRequestHa
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.send_header("X-Content-Type-Options", "nosniff")
+            if status >= 400:  # the request may have a body left unread: it must never be parsed as a next request
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.end_headers()
             self.wfile.write(body)
 
@@ -286,6 +298,8 @@ def make_handler(explorer: Explorer, check_host: bool) -> type[BaseHTTPRequestHa
                     raise RequestError(HTTPStatus.NOT_FOUND, f"no such page: {url.path}")
             except RequestError as exc:
                 self._json(exc.status, {"error": exc.message})
+            except CLIENT_GONE:  # nobody is left to answer (an answer to a stalled client would stall too)
+                self.close_connection = True
             except Exception as exc:  # a fault of the explorer itself, not of the request
                 traceback.print_exc()
                 self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {type(exc).__name__}: {exc}"})
@@ -312,14 +326,22 @@ def make_handler(explorer: Explorer, check_host: bool) -> type[BaseHTTPRequestHa
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log what escaped a request handler, unless it only says the client went away or stalled."""
+        if isinstance(sys.exc_info()[1], CLIENT_GONE):
+            return
+        super().handle_error(request, client_address)
+
+
 def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
     """A server for ``explorer`` bound to ``host:port`` (port 0: any free port), not yet serving."""
     try:
-        server = ThreadingHTTPServer((host, port), make_handler(explorer, check_host=_is_loopback(host)))
+        return _Server((host, port), make_handler(explorer, check_host=_is_loopback(host)))
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port.") from exc
-    server.daemon_threads = True
-    return server
 
 
 def explore(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, stream: TextIO | None = None) -> None:
