@@ -192,6 +192,7 @@ def test_other_bad_requests(server, path, body, status, message):
 def test_missing_length_and_foreign_host_are_refused(server):
     connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
     connection.putrequest("POST", "/api/decode")
+    connection.putheader("Content-Type", "application/json")
     connection.endheaders()
     response = connection.getresponse()
     assert response.status == 411 and "Content-Length" in json.loads(response.read())["error"]
@@ -224,12 +225,15 @@ def _post(path, headers, body=SMUGGLED):
     # a page on a site whose name resolves to 127.0.0.1 (DNS rebinding): refused, and so is its body
     (_post("/api/decode", {"Host": "attacker.example", "Content-Type": "application/json",
                            "Content-Length": len(SMUGGLED)}), 403),
+    (_post("/api/decode", {"Host": "127.0.0.1", "Origin": "http://attacker.example", "Content-Type": "application/json",
+                           "Content-Length": len(SMUGGLED)}), 403),
     (_post("/api/nothing", {"Host": "127.0.0.1", "Content-Type": "application/json",
                             "Content-Length": len(SMUGGLED)}), 404),
     (_post("/api/info", {"Host": "127.0.0.1", "Content-Type": "application/json", "Content-Length": len(SMUGGLED)}), 405),
     (_post("/api/decode", {"Host": "127.0.0.1", "Content-Type": "application/json"}), 411),
     (_post("/api/decode", {"Host": "127.0.0.1", "Content-Type": "application/json", "Content-Length": "ten"}), 400),
     (_post("/api/decode", {"Host": "127.0.0.1", "Content-Type": "application/json", "Content-Length": 10**9}), 413),
+    (_post("/api/decode", {"Host": "127.0.0.1", "Content-Type": "text/plain", "Content-Length": len(SMUGGLED)}), 415),
 ])
 def test_an_error_answer_ends_the_connection(server, request_bytes, status):
     received = _raw(server.server_address[1], request_bytes)
@@ -244,6 +248,42 @@ def test_a_successful_answer_keeps_the_connection(server):
     one = b"GET /api/sample HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     last = b"GET /api/sample HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     assert _statuses(_raw(server.server_address[1], one + last)) == [200, 200]
+
+
+@pytest.mark.parametrize("content_type,status", [
+    ("application/json", 200),
+    ("application/json; charset=utf-8", 200),
+    ("Application/JSON", 200),
+    ("text/plain", 415),  # what a cross-site form or fetch may send without the browser asking first
+    ("text/plain; charset=utf-8", 415),
+    ("application/x-www-form-urlencoded", 415),
+    (None, 415),
+])
+def test_a_post_body_must_be_declared_json(server, content_type, status):
+    port = server.server_address[1]
+    body = b'{"z": [0, 0, 0, 0]}'
+    headers = {"Host": f"127.0.0.1:{port}", "Content-Length": len(body), "Connection": "close"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    received = _raw(port, _post("/api/decode", headers, body))
+    assert _statuses(received) == [status]
+    if status == 415:
+        assert b"Content-Type: application/json" in received  # the message says what to send
+
+
+def test_only_the_explorers_own_origin_is_answered(server):
+    port = server.server_address[1]
+    decode = {"z": [0, 0, 0, 0]}
+    for origin in ("http://attacker.example", f"http://attacker.example:{port}", f"http://127.0.0.1:{port + 1}",
+                   f"https://127.0.0.1:{port}", f"http://localhost:{port}", "null", f"http://127.0.0.1:{port}/x",
+                   "http://[::1"):
+        status, out = _request(server, "/api/decode", decode, headers={"Origin": origin})
+        assert status == 403 and "not accepted" in out["error"], origin
+    assert _request(server, "/api/info", headers={"Origin": "http://attacker.example"})[0] == 403
+    assert _request(server, "/api/decode", decode, headers={"Origin": f"http://127.0.0.1:{port}"})[0] == 200
+    assert _request(server, "/api/decode", decode,
+                    headers={"Origin": f"http://localhost:{port}", "Host": f"localhost:{port}"})[0] == 200
+    assert _request(server, "/api/decode", decode)[0] == 200  # no Origin: curl, scripts
 
 
 @pytest.fixture

@@ -5,8 +5,9 @@ API (docs/report.md lists the endpoints). Every request is checked before it rea
 bad one gets a 4xx answer with a message, never a 500, and ends the connection (a body left unread
 is never taken for a next request). The server binds to 127.0.0.1 by default and, while bound to a
 loopback address, answers only requests addressed to a loopback host name (a web page elsewhere
-cannot reach it through DNS rebinding). A client that stalls is dropped after ``CLIENT_TIMEOUT``
-seconds, and a client that goes away leaves nothing in the log.
+cannot reach it through DNS rebinding); it takes POST bodies only as JSON and refuses requests sent
+by pages of another origin. A client that stalls is dropped after ``CLIENT_TIMEOUT`` seconds, and a
+client that goes away leaves nothing in the log.
 """
 
 from __future__ import annotations
@@ -197,6 +198,10 @@ class Explorer:
 
 
 def _read_json(handler: BaseHTTPRequestHandler) -> Any:
+    # a form or a text/plain body can be sent by any web page without the browser asking first;
+    # only a page allowed to set Content-Type: application/json (this one) gets its body read
+    if handler.headers.get_content_type() != "application/json":
+        raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the body as JSON with Content-Type: application/json.")
     length = handler.headers.get("Content-Length")
     if length is None:
         raise RequestError(HTTPStatus.LENGTH_REQUIRED, "send the JSON body with a Content-Length header.")
@@ -239,6 +244,16 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _same_origin(origin: str, host: str) -> bool:
+    """Whether an ``Origin`` header names this server as reached through the ``Host`` header ``host``."""
+    try:
+        theirs, ours = urlsplit(origin), urlsplit("//" + host)
+        return (theirs.scheme == "http" and theirs.path == "" and theirs.hostname is not None
+                and theirs.hostname == ours.hostname and (theirs.port or 80) == (ours.port or 80))
+    except ValueError:  # a port that is not a number, a malformed IPv6 address
+        return False
+
+
 def make_handler(explorer: Explorer, check_host: bool) -> type[BaseHTTPRequestHandler]:
     """The request handler class for ``explorer``; ``check_host`` limits it to loopback Host headers."""
     from betavae.report.explorer_page import PAGE
@@ -270,6 +285,10 @@ def make_handler(explorer: Explorer, check_host: bool) -> type[BaseHTTPRequestHa
             try:
                 if check_host and not _is_loopback(_host_name(self.headers.get("Host") or "")):
                     raise RequestError(HTTPStatus.FORBIDDEN, "this server answers only requests to localhost.")
+                origin = self.headers.get("Origin")
+                if origin is not None and not _same_origin(origin, self.headers.get("Host") or ""):
+                    # a browser names the page that sent a request; only the explorer's own page may use it
+                    raise RequestError(HTTPStatus.FORBIDDEN, f"requests from {origin[:80]} are not accepted.")
                 url = urlsplit(self.path)
                 route = (method, url.path)
                 query = parse_qs(url.query)
