@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from betavae.cli import main
+from betavae.errors import ConfigError
 from betavae.report import explorer as explorer_module
 from betavae.report.explorer import MAX_ABS, Explorer, make_server
 
@@ -347,3 +348,15 @@ def test_a_fault_of_the_explorer_is_still_logged(quick_server, explorer, monkeyp
     err = capfd.readouterr().err
     assert "Traceback" in err and "RuntimeError: a bug in the explorer" in err
 
+
+@pytest.mark.parametrize("port_args", [["--port", "70000"], ["--port=-1"], ["--port", "-1"], ["--port", "65536"]])
+def test_cli_explore_refuses_a_port_out_of_range(beta_run, capsys, port_args):
+    assert main(["explore", str(beta_run), *port_args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("betavae: error: --port must be between 0 and 65535") and "Traceback" not in err
+
+
+def test_make_server_refuses_a_port_out_of_range(explorer):
+    for port in (-1, 65536, 70000):
+        with pytest.raises(ConfigError, match="between 0 and 65535"):
+            make_server(explorer, "127.0.0.1", port)

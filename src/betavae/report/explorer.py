@@ -197,6 +197,13 @@ class Explorer:
         return {"z": z.tolist()}
 
 
+def check_port(port: int) -> int:
+    """``port`` if it is a TCP port number (0 picks a free one), else a ConfigError."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535 (0 picks a free port), got {port}.")
+    return port
+
+
 def _read_json(handler: BaseHTTPRequestHandler) -> Any:
     # a form or a text/plain body can be sent by any web page without the browser asking first;
     # only a page allowed to set Content-Type: application/json (this one) gets its body read
@@ -357,6 +364,7 @@ class _Server(ThreadingHTTPServer):
 
 def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
     """A server for ``explorer`` bound to ``host:port`` (port 0: any free port), not yet serving."""
+    check_port(port)
     try:
         return _Server((host, port), make_handler(explorer, check_host=_is_loopback(host)))
     except OSError as exc:
@@ -366,6 +374,7 @@ def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000) -
 def explore(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, stream: TextIO | None = None) -> None:
     """Serve the explorer of ``run_dir`` until interrupted (Ctrl-C)."""
     stream = stream or sys.stderr
+    check_port(port)  # before the model is loaded
     explorer = Explorer(run_dir)
     server = make_server(explorer, host, port)
     bound_host, bound_port = server.server_address[:2]
