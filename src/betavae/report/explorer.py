@@ -2,9 +2,12 @@
 
 The standard library's :class:`http.server.ThreadingHTTPServer` serves one page and a small JSON
 API (docs/report.md lists the endpoints). Every request is checked before it reaches the model: a
-bad one gets a 4xx answer with a message, never a 500. The server binds to 127.0.0.1 by default and,
-while bound to a loopback address, answers only requests addressed to a loopback host name (a web
-page elsewhere cannot reach it through DNS rebinding).
+bad one gets a 4xx answer with a message, never a 500, and ends the connection (a body left unread
+is never taken for a next request). The server binds to 127.0.0.1 by default and, while bound to a
+loopback address, answers only requests addressed to a loopback host name (a web page elsewhere
+cannot reach it through DNS rebinding); it takes POST bodies only as JSON and refuses requests sent
+by pages of another origin. A client that stalls is dropped after ``CLIENT_TIMEOUT`` seconds, and a
+client that goes away leaves nothing in the log.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ SLIDER_RANGE = 3.0
 MAX_BODY = 64 * 1024
 #: Most dataset thumbnails one request may ask for.
 MAX_THUMBNAILS = 64
+#: Seconds a client may stay silent while sending a request or taking its answer before the server
+#: drops the connection: a half-sent request must not hold a thread forever. Read when a server is made.
+CLIENT_TIMEOUT = 20.0
+#: What a socket raises when the client went away (reset, closed) or stalled past CLIENT_TIMEOUT: not
+#: a fault of the explorer, so the connection is dropped without an answer and nothing is logged.
+CLIENT_GONE = (ConnectionError, TimeoutError)
 
 
 class RequestError(Exception):
@@ -188,7 +197,18 @@ class Explorer:
         return {"z": z.tolist()}
 
 
+def check_port(port: int) -> int:
+    """``port`` if it is a TCP port number (0 picks a free one), else a ConfigError."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535 (0 picks a free port), got {port}.")
+    return port
+
+
 def _read_json(handler: BaseHTTPRequestHandler) -> Any:
+    # a form or a text/plain body can be sent by any web page without the browser asking first;
+    # only a page allowed to set Content-Type: application/json (this one) gets its body read
+    if handler.headers.get_content_type() != "application/json":
+        raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the body as JSON with Content-Type: application/json.")
     length = handler.headers.get("Content-Length")
     if length is None:
         raise RequestError(HTTPStatus.LENGTH_REQUIRED, "send the JSON body with a Content-Length header.")
@@ -231,6 +251,16 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _same_origin(origin: str, host: str) -> bool:
+    """Whether an ``Origin`` header names this server as reached through the ``Host`` header ``host``."""
+    try:
+        theirs, ours = urlsplit(origin), urlsplit("//" + host)
+        return (theirs.scheme == "http" and theirs.path == "" and theirs.hostname is not None
+                and theirs.hostname == ours.hostname and (theirs.port or 80) == (ours.port or 80))
+    except ValueError:  # a port that is not a number, a malformed IPv6 address
+        return False
+
+
 def make_handler(explorer: Explorer, check_host: bool) -> type[BaseHTTPRequestHandler]:
     """The request handler class for ``explorer``; ``check_host`` limits it to loopback Host headers."""
     from betavae.report.explorer_page import PAGE
@@ -238,6 +268,7 @@ def make_handler(explorer: Explorer, check_host: bool) -> type[BaseHTTPRequestHa
     class Handler(BaseHTTPRequestHandler):
         server_version = "betavae-explore"
         protocol_version = "HTTP/1.1"
+        timeout = CLIENT_TIMEOUT  # set on each connection's socket: every read and write waits at most this long
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet: one line per slider move is noise
             pass
@@ -248,6 +279,9 @@ def make_handler(explorer: Explorer, check_host: bool) -> type[BaseHTTPRequestHa
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.send_header("X-Content-Type-Options", "nosniff")
+            if status >= 400:  # the request may have a body left unread: it must never be parsed as a next request
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.end_headers()
             self.wfile.write(body)
 
@@ -258,6 +292,10 @@ def make_handler(explorer: Explorer, check_host: bool) -> type[BaseHTTPRequestHa
             try:
                 if check_host and not _is_loopback(_host_name(self.headers.get("Host") or "")):
                     raise RequestError(HTTPStatus.FORBIDDEN, "this server answers only requests to localhost.")
+                origin = self.headers.get("Origin")
+                if origin is not None and not _same_origin(origin, self.headers.get("Host") or ""):
+                    # a browser names the page that sent a request; only the explorer's own page may use it
+                    raise RequestError(HTTPStatus.FORBIDDEN, f"requests from {origin[:80]} are not accepted.")
                 url = urlsplit(self.path)
                 route = (method, url.path)
                 query = parse_qs(url.query)
@@ -286,6 +324,8 @@ def make_handler(explorer: Explorer, check_host: bool) -> type[BaseHTTPRequestHa
                     raise RequestError(HTTPStatus.NOT_FOUND, f"no such page: {url.path}")
             except RequestError as exc:
                 self._json(exc.status, {"error": exc.message})
+            except CLIENT_GONE:  # nobody is left to answer (an answer to a stalled client would stall too)
+                self.close_connection = True
             except Exception as exc:  # a fault of the explorer itself, not of the request
                 traceback.print_exc()
                 self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {type(exc).__name__}: {exc}"})
@@ -312,19 +352,29 @@ def make_handler(explorer: Explorer, check_host: bool) -> type[BaseHTTPRequestHa
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log what escaped a request handler, unless it only says the client went away or stalled."""
+        if isinstance(sys.exc_info()[1], CLIENT_GONE):
+            return
+        super().handle_error(request, client_address)
+
+
 def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
     """A server for ``explorer`` bound to ``host:port`` (port 0: any free port), not yet serving."""
+    check_port(port)
     try:
-        server = ThreadingHTTPServer((host, port), make_handler(explorer, check_host=_is_loopback(host)))
+        return _Server((host, port), make_handler(explorer, check_host=_is_loopback(host)))
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port.") from exc
-    server.daemon_threads = True
-    return server
 
 
 def explore(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, stream: TextIO | None = None) -> None:
     """Serve the explorer of ``run_dir`` until interrupted (Ctrl-C)."""
     stream = stream or sys.stderr
+    check_port(port)  # before the model is loaded
     explorer = Explorer(run_dir)
     server = make_server(explorer, host, port)
     bound_host, bound_port = server.server_address[:2]
