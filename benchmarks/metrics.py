@@ -1,65 +1,145 @@
-"""Metric suite speed: shared codes (``evaluate``) against encoding every drawn image afresh.
+"""Metric suite speed: betavae's evaluation path against the scikit-learn path, on one model.
 
-Runs the full metric suite twice on one model and one dataset (dSprites by default), first with
-the shared code table (``cache=True``: each distinct image encoded once), then encoding every
-drawn image afresh (``cache=False``), and prints:
+Runs the whole metric suite (``evaluate``, each distinct image encoded once) on the same model and
+dataset twice, each in a process of its own so that peak memory is its own:
 
-1. images requested by the metrics and images actually encoded, at this scale and (draws only,
-   no encoding) at the full protocol's sample counts;
-2. wall time of each path and their ratio, and per-metric seconds (drawing and scoring; encoding
-   too on the naive path; the cached path's shared encoding on its own line);
-3. whether both paths gave identical values, and the peak resident memory after each path.
+* ``scikit-learn``: DCI's gradient-boosted trees fitted by scikit-learn's
+  ``GradientBoostingClassifier`` (one factor after another), the encoder in passes of 1,024 images
+  (how the suite ran before betavae fitted the trees itself);
+* ``betavae``: the same trees fitted by ``betavae.metrics.boosting``, the encoder's default passes
+  (128 images on a CPU).
 
-    python benchmarks/metrics.py [--run RUN] [--scale 0.1] [--batch-size 1024] [--dci-importance random_forest] [--threads 1]
+It prints, per metric, the seconds and every value of both paths side by side with their largest
+difference, then each path's encoding seconds, wall time of the whole suite and peak resident
+memory, and the ratio of the wall times. Every metric but DCI must give the same values; DCI within
+0.01 (the two fits differ only by float rounding and how exact ties are broken).
+
+    python benchmarks/metrics.py [--run RUN] [--scale 1] [--paths scikit-learn,betavae] [--threads N]
     python benchmarks/metrics.py --compare-dci 10000
 
-``--scale 1`` runs the protocol's sample counts (10,000 / 5,000 ...: about half an hour on 2 CPU
-cores for both paths); the default 0.1 runs in a few minutes. Fewer samples repeat fewer images,
-so the cache saves less at small scales: the full-scale line of (1) gives the saving there.
-Without ``--run`` the model is a freshly initialised Burgess et al. VAE with 10 latents (seed 0):
-encoding costs the same whether or not it was trained. ``--compare-dci N`` instead prints DCI
-with both importance estimators on the same synthetic codes (the table in docs/metrics.md).
+Without ``--run`` the model is a freshly initialised Burgess et al. VAE with 10 latents (seed 0) on
+dSprites. ``--scale`` multiplies the protocol's sample counts (default 1: the full protocol; the
+scikit-learn path then takes about 8 minutes on 2 CPU cores, betavae's under one). ``--compare-dci N``
+instead prints DCI by both fits on synthetic codes of several kinds with dSprites' factor sizes and N
+training samples, with the largest difference.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import subprocess
 import sys
 import time
 from dataclasses import fields
 
 import numpy as np
-import torch
 
-from betavae.data import DSprites
-from betavae.metrics import METRIC_TYPES, encoder_fn, evaluate_with_details, metric_rng
+PATHS = {"scikit-learn": {"implementation": "scikit-learn", "batch_size": 1024},
+         "betavae": {"implementation": "betavae", "batch_size": None}}
 
 
-def scaled_params(scale: float, dci_importance: str) -> dict[str, dict[str, object]]:
+def scaled_params(scale: float, implementation: str) -> dict[str, dict[str, object]]:
     """Protocol sample counts (``num_*`` fields) times ``scale``; group sizes and bins unchanged."""
+    from betavae.metrics import METRIC_TYPES
+
     params: dict[str, dict[str, object]] = {}
     for name, cls in METRIC_TYPES.items():
         defaults = cls()
         params[name] = {f.name: max(10, int(round(getattr(defaults, f.name) * scale)))
                         for f in fields(defaults) if f.name.startswith("num_") and f.name != "num_bins"}
-    params["dci"]["importance"] = dci_importance
+    params["dci"]["implementation"] = implementation
     return params
 
 
-def draw_counts(dataset, params: dict[str, dict[str, object]], seed: int) -> tuple[int, int]:
-    """Images requested and distinct images over every metric's draws (no encoding)."""
-    indices = []
-    for name, cls in METRIC_TYPES.items():
-        draw = cls(**params.get(name, {})).draw(dataset, metric_rng(seed, name))
-        indices += [idx.reshape(-1) for idx in draw.indices.values()]
-    flat = np.concatenate(indices)
-    return len(flat), len(np.unique(flat))
+def load_model(run: str | None, device: str):
+    """(model, dataset, description) of ``run``, or a fresh Burgess VAE on dSprites."""
+    import torch
+
+    import betavae
+    from betavae.data import DSprites, dataset_from_config
+    from betavae.training.config import TrainConfig
+    from betavae.training.distributed import SINGLE, device_for
+
+    if run:
+        return betavae.load(run, device_for(device, SINGLE)), dataset_from_config(TrainConfig.load(run)), run
+    from betavae.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("burgess", 10, (1, 64, 64)).eval().to(device_for(device, SINGLE))
+    return model, DSprites(), "fresh burgess VAE, z=10"
+
+
+def run_path(args: argparse.Namespace) -> dict:
+    """One path's suite in this process: values, seconds, wall time, peak memory (printed as JSON)."""
+    import torch
+
+    from betavae.metrics import encoder_fn, evaluate_with_details
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = PATHS[args.path]
+    model, dataset, source = load_model(args.run, args.device)
+    dataset.prepare_reads(len(dataset))  # a cached grid is read from disk before the clock starts
+    encode = encoder_fn(model, batch_size=path["batch_size"])
+    read_batch = encode.batch_size * max(1, 1024 // encode.batch_size)
+    start = time.perf_counter()
+    details = evaluate_with_details(encode, dataset, "all", args.seed, batch_size=read_batch,
+                                    params=scaled_params(args.scale, path["implementation"]))
+    wall = time.perf_counter() - start
+    return {"source": source, "values": details.values, "seconds": details.seconds,
+            "encode_seconds": details.encode_seconds, "images_encoded": details.images_encoded,
+            "images_requested": details.images_requested, "wall": wall, "device": str(encode.device),
+            "threads": torch.get_num_threads(),
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def compare_paths(args: argparse.Namespace) -> int:
+    results = {}
+    load_before = os.getloadavg()[0]
+    for name in args.paths.split(","):
+        command = [sys.executable, __file__, "--path", name, "--scale", str(args.scale), "--seed", str(args.seed),
+                   "--device", args.device] + (["--run", args.run] if args.run else []) + \
+                  (["--threads", str(args.threads)] if args.threads else [])
+        print(f"running the {name} path ...", file=sys.stderr, flush=True)
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    names = list(results)
+    first = results[names[0]]
+    print(f"model: {first['source']}; scale {args.scale} of the protocol's sample counts; seed {args.seed}; "
+          f"device {first['device']}; torch threads {first['threads']}; {first['images_encoded']:,} distinct images "
+          f"encoded for {first['images_requested']:,} requested")
+    print(f"\n{'metric':26s}" + "".join(f"{n + ' s':>16s}" for n in names) + f"{'largest |diff|':>16s}")
+    worst: dict[str, float] = {}
+    for metric in first["values"]:
+        diff = 0.0
+        if len(names) > 1:
+            a, b = results[names[0]]["values"][metric], results[names[1]]["values"][metric]
+            diff = max(abs(a[k] - b[k]) for k in a)
+        worst[metric] = diff
+        print(f"{metric:26s}" + "".join(f"{results[n]['seconds'][metric]:16.1f}" for n in names) + f"{diff:16.2g}")
+    print(f"{'shared encoding':26s}" + "".join(f"{results[n]['encode_seconds']:16.1f}" for n in names))
+    print(f"{'wall (whole suite)':26s}" + "".join(f"{results[n]['wall']:16.1f}" for n in names))
+    print(f"{'peak memory MB':26s}" + "".join(f"{results[n]['peak_mb']:16.0f}" for n in names))
+    if len(names) > 1:
+        print(f"\nwall time {names[0]} / {names[1]}: {results[names[0]]['wall'] / results[names[1]]['wall']:.1f}x "
+              f"(1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on "
+              f"{os.cpu_count()} cores)")
+        print("\nvalues, side by side:")
+        for metric in first["values"]:
+            for key in first["values"][metric]:
+                print(f"  {metric + '.' + key:58s}" + "".join(f"{results[n]['values'][metric][key]:12.4f}" for n in names))
+        same = all(worst[m] == 0.0 for m in worst if m != "dci")
+        print(f"\nevery metric but DCI identical: {same}; DCI largest difference {worst['dci']:.4f} "
+              f"({'within' if worst['dci'] <= 0.01 else 'NOT within'} 0.01)")
+        return 0 if same and worst["dci"] <= 0.01 else 1
+    return 0
 
 
 def synthetic_codes(factors: np.ndarray, sizes: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Codes of four kinds for factor class indices ``(N, K)``; five near-constant extra dims each."""
+    """Codes of five kinds for factor class indices ``(N, K)``; five near-constant extra dims each."""
     values = factors / (np.asarray(sizes) - 1.0)  # in [0, 1]
     rng = np.random.default_rng(1)
     inactive = 0.01 * rng.normal(size=(len(factors), 5))  # collapsed dimensions of a trained VAE
@@ -71,12 +151,14 @@ def synthetic_codes(factors: np.ndarray, sizes: tuple[int, ...]) -> dict[str, np
         "rotated factors": values @ rotation,
         "posX/posY half mixed": mixed + 0.05 * rng.normal(size=values.shape),
         "factors + large noise": values + 0.2 * rng.normal(size=values.shape),
+        "duplicated dims": np.concatenate([values[:, :3], values[:, :2]], 1) + 0.05 * rng.normal(size=values.shape),
     }
     return {name: np.concatenate([codes, inactive], axis=1) for name, codes in kinds.items()}
 
 
 def compare_dci(num_train: int) -> None:
-    """DCI with both importance estimators on the same synthetic codes (dSprites factor sizes)."""
+    """DCI by both fits on the same synthetic codes (dSprites factor sizes)."""
+    from betavae.data import DSprites
     from betavae.metrics import dci_from_codes
 
     sizes = DSprites.factor_sizes
@@ -85,93 +167,40 @@ def compare_dci(num_train: int) -> None:
     test = np.stack([rng.integers(0, s, num_train // 2) for s in sizes], axis=1)
     codes_train, codes_test = synthetic_codes(train, sizes), synthetic_codes(test, sizes)
     print(f"DCI on synthetic codes, {num_train} train / {num_train // 2} test samples, dSprites factor sizes")
-    print(f"{'codes':24s}{'importance':>19s}{'D':>7s}{'C':>7s}{'I test':>8s}{'seconds':>9s}")
+    print(f"{'codes':24s}{'fit':>14s}{'D':>8s}{'C':>8s}{'I train':>9s}{'I test':>8s}{'seconds':>9s}")
+    worst = 0.0
     for kind in codes_train:
-        for importance in ("gradient_boosting", "random_forest"):
+        results = {}
+        for implementation in ("scikit-learn", "betavae"):
             start = time.perf_counter()
-            r = dci_from_codes(codes_train[kind], train, codes_test[kind], test, importance=importance)
-            print(f"{kind:24s}{importance:>19s}{r['disentanglement']:7.3f}{r['completeness']:7.3f}"
-                  f"{r['informativeness_test']:8.3f}{time.perf_counter() - start:9.1f}", flush=True)
-
-
-def cpu_seconds() -> float:
-    """User + system CPU time of this process, all threads: less sensitive than wall time to other
-    processes sharing the cores."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+            r = dci_from_codes(codes_train[kind], train, codes_test[kind], test, implementation=implementation)
+            results[implementation] = r
+            print(f"{kind:24s}{implementation:>14s}{r['disentanglement']:8.4f}{r['completeness']:8.4f}"
+                  f"{r['informativeness_train']:9.4f}{r['informativeness_test']:8.4f}"
+                  f"{time.perf_counter() - start:9.1f}", flush=True)
+        worst = max(worst, *(abs(results["betavae"][k] - results["scikit-learn"][k]) for k in results["betavae"]))
+    print(f"largest difference between the fits over these codes: {worst:.4f}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", help="a trained run directory (default: a fresh Burgess VAE on dSprites)")
-    parser.add_argument("--scale", type=float, default=0.1, help="fraction of the protocol's sample counts")
-    parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--dci-importance", default="gradient_boosting", choices=("gradient_boosting", "random_forest"))
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the protocol's sample counts")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice); 1 makes CPU "
-                        "times comparable on a machine shared with other work")
-    parser.add_argument("--compare-dci", type=int, metavar="N", help="instead: DCI with both importance "
-                        "estimators on synthetic codes of N training samples (the docs' table uses 10000)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    parser.add_argument("--paths", default="scikit-learn,betavae", help="which paths, in order")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--compare-dci", type=int, metavar="N", help="instead: DCI by both fits on synthetic "
+                        "codes of N training samples (the docs' table uses 10000)")
+    parser.add_argument("--path", choices=sorted(PATHS), help=argparse.SUPPRESS)  # one path, in a child process
     args = parser.parse_args(argv)
     if args.compare_dci:
         compare_dci(args.compare_dci)
         return 0
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.run:
-        import betavae
-        from betavae.data import dataset_from_config
-        from betavae.training.config import TrainConfig
-
-        model, dataset = betavae.load(args.run), dataset_from_config(TrainConfig.load(args.run))
-        source = args.run
-    else:
-        from betavae.models import build_model
-
-        torch.manual_seed(0)
-        model, dataset, source = build_model("burgess", 10, (1, 64, 64)).eval(), DSprites(), "fresh burgess VAE, z=10"
-    encode = encoder_fn(model, batch_size=args.batch_size)
-    params = scaled_params(args.scale, args.dci_importance)
-    print(f"model: {source}; dataset: {dataset.name} ({len(dataset)} images); scale {args.scale}; "
-          f"DCI importance {args.dci_importance}; torch threads {torch.get_num_threads()}")
-
-    full_requested, full_distinct = draw_counts(dataset, scaled_params(1.0, args.dci_importance), args.seed)
-    print(f"full protocol draws: {full_requested} images requested, {full_distinct} distinct "
-          f"(encoder work ratio {full_requested / full_distinct:.2f}x)")
-
-    load_before = os.getloadavg()[0]
-    start, cpu = time.perf_counter(), cpu_seconds()
-    cached = evaluate_with_details(encode, dataset, "all", args.seed, cache=True, batch_size=args.batch_size, params=params)
-    cached_wall, cached_cpu = time.perf_counter() - start, cpu_seconds() - cpu
-    cached_peak = peak_rss_mb()
-    start, cpu = time.perf_counter(), cpu_seconds()
-    naive = evaluate_with_details(encode, dataset, "all", args.seed, cache=False, batch_size=args.batch_size, params=params)
-    naive_wall, naive_cpu = time.perf_counter() - start, cpu_seconds() - cpu
-    naive_peak = peak_rss_mb()
-
-    print(f"this scale: {cached.images_requested} images requested; encoded {cached.images_encoded} with the "
-          f"cache, {naive.images_encoded} without ({cached.images_forwarded} and {naive.images_forwarded} "
-          f"images through the encoder, counting last-batch padding)")
-    print(f"\n{'':26s}{'cached s':>10s}{'naive s':>10s}")
-    print(f"{'shared encoding':26s}{cached.encode_seconds:10.1f}{'-':>10s}")
-    for name in cached.values:
-        print(f"{name:26s}{cached.seconds[name]:10.1f}{naive.seconds[name]:10.1f}")
-    print(f"{'wall (whole suite)':26s}{cached_wall:10.1f}{naive_wall:10.1f}")
-    print(f"{'CPU, all threads':26s}{cached_cpu:10.1f}{naive_cpu:10.1f}")
-    print(f"\nnaive / cached: wall time {naive_wall / cached_wall:.2f}x, CPU time {naive_cpu / cached_cpu:.2f}x "
-          f"(1-minute load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores)")
-    same = cached.values == naive.values
-    print(f"identical values: {same}")
-    if not same:
-        diffs = [abs(cached.values[m][k] - naive.values[m][k]) for m in cached.values for k in cached.values[m]]
-        print(f"largest difference: {max(diffs):.3g}")
-    print(f"peak resident memory: {cached_peak:.0f} MB after the cached suite, {naive_peak:.0f} MB after both")
-    return 0 if same else 1
+    if args.path:
+        print(json.dumps(run_path(args)))
+        return 0
+    return compare_paths(args)
 
 
 if __name__ == "__main__":

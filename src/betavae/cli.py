@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -241,10 +242,12 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from betavae.metrics import evaluate_run, format_table
+    from betavae.metrics import ProgressPrinter, evaluate_run, format_table
 
+    started = time.perf_counter()
     record = evaluate_run(args.run, metrics=args.metrics, seed=args.seed, batch_size=args.batch_size,
-                          representation=args.representation)
+                          representation=args.representation, device=args.device, progress=ProgressPrinter())
+    print(f"betavae evaluate: {time.perf_counter() - started:.1f} s on {record['device']}", file=sys.stderr)
     print(format_table(record))
     print(f"\n{record['images_encoded']:,} distinct images encoded for {record['images_requested']:,} requested; "
           f"written to {Path(args.run) / 'evaluation.json'}")
@@ -311,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="'all' or a comma-separated list of: beta_vae_score, factor_vae_score, mig, sap, dci, "
                                "modularity_explicitness, unsupervised, ... (default: all the data supports)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the metric samples (default: 0)")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=1024, help="images per encoder pass (default: 1024)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=None,
+                          help="images per encoder pass (default: 128 on a CPU, 1024 on a GPU)")
+    evaluate.add_argument("--device", default="auto", help="where the model encodes: auto (CUDA when present), cpu, cuda, cuda:N")
     evaluate.add_argument("--representation", default="mean", choices=("mean", "sampled"),
                           help="posterior means (the protocol) or one sample per image (default: mean)")
     evaluate.set_defaults(func=cmd_evaluate)

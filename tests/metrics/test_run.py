@@ -56,3 +56,29 @@ def test_evaluate_run_writes_a_complete_record(run_dir, model):
     assert {"betavae", "scikit-learn", "numpy", "torch"} <= set(record["versions"])
     assert "kl_total" in record["metrics"]["unsupervised"]["values"]  # the posterior came through
     assert "mig" in format_table(record)
+
+
+def test_evaluation_tells_its_progress_and_the_printer_shows_it(run_dir):
+    import io
+
+    from betavae.metrics import EvaluationProgress, ProgressPrinter
+
+    events: list[EvaluationProgress] = []
+    params = {"mig": {"num_train": 1500}, "unsupervised": {"num_train": 300}}  # over one read of 1,024 images
+    evaluate_run(run_dir, "mig,unsupervised", seed=2, batch_size=64, params=params, progress=events.append)
+    encoding = [e for e in events if e.phase == "encoding"]
+    assert len(encoding) > 1 and [e.done for e in encoding] == sorted(e.done for e in encoding)
+    assert encoding[-1].done == encoding[-1].total  # every distinct image, once
+    scoring = [(e.done, e.total, e.metric) for e in events if e.phase == "scoring"]
+    assert scoring == [(0, 2, "mig"), (1, 2, "unsupervised")]
+    assert events[-1] == EvaluationProgress("done", 2, 2)
+    assert events.index(encoding[-1]) < events.index(EvaluationProgress("scoring", 0, 2, "mig"))
+
+    stream = io.StringIO()
+    printer = ProgressPrinter(stream)
+    for event in events:
+        printer(event)
+    shown = stream.getvalue()
+    assert f"encoding {encoding[-1].total:,}/{encoding[-1].total:,} distinct images (100%)" in shown
+    assert "metric 1/2: mig" in shown and "metric 2/2: unsupervised" in shown
+    assert shown.count(" s\n") == 2  # each metric's seconds once it finished

@@ -52,6 +52,10 @@ class ImageDataset(ABC):
     def images(self, indices: np.ndarray) -> np.ndarray:
         """Float32 images ``(n, C, H, W)`` in [0, 1] for flat ``indices``."""
 
+    def prepare_reads(self, num_images: int) -> None:
+        """Told that about ``num_images`` images are about to be read: a dataset that renders images
+        on demand may build and cache all of them at once when that is cheaper."""
+
     def __getitem__(self, index: int) -> np.ndarray:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")

@@ -222,6 +222,12 @@ class DSprites(GroundTruthDataset):
             )
         return self._packed
 
+    def prepare_reads(self, num_images: int) -> None:
+        # rendering on demand costs about 0.1 ms an image, the whole grid once about 30 s (and it is
+        # cached on disk): past a tenth of the grid, building it is the cheaper way
+        if self._packed is None and num_images >= len(self) // 10:
+            self.packed_grid()
+
     def images(self, indices: np.ndarray) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
         if self._packed is not None:

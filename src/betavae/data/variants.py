@@ -159,6 +159,9 @@ class DSpritesVariant(GroundTruthDataset):
     def paint(self, masks: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """RGB images ``(B, 3, H, W)`` from shape masks ``(B, 1, H, W)`` float and their indices ``(B,)``."""
 
+    def prepare_reads(self, num_images: int) -> None:
+        self.shapes.prepare_reads(num_images)
+
     def images(self, indices: np.ndarray, chunk: int = 1024) -> np.ndarray:
         indices = self._check_indices(indices)
         out = np.empty((len(indices), *self.image_shape), dtype=np.float32)

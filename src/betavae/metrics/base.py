@@ -142,11 +142,17 @@ def encode_images(encode: Encode, images: np.ndarray) -> Encoded:
     return Encoded(_as_array(encode(images), len(images), "codes"))
 
 
+#: ``progress(done, total)``: images encoded so far of those asked for.
+EncodeProgress = Callable[[int, int], None]
+
+
 def encode_indices(dataset: ImageDataset, encode: Encode, indices: np.ndarray, batch_size: int,
-                   posterior: bool = True) -> Encoded:
+                   posterior: bool = True, progress: EncodeProgress | None = None) -> Encoded:
     """Codes ``(n, D)`` for flat ``indices`` ``(n,)``, in forward passes of exactly ``batch_size`` images
-    (``mu``/``logvar`` too when the encoder exposes them and ``posterior`` is set)."""
+    (``mu``/``logvar`` too when the encoder exposes them and ``posterior`` is set); ``progress`` is
+    told after each batch."""
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    dataset.prepare_reads(len(indices))
     parts: list[Encoded] = []
     for start in range(0, len(indices), batch_size):
         batch = indices[start : start + batch_size]
@@ -155,6 +161,8 @@ def encode_indices(dataset: ImageDataset, encode: Encode, indices: np.ndarray, b
             batch = np.concatenate([batch, np.full(batch_size - n, batch[-1])])
         encoded = encode_images(encode, np.asarray(dataset.images(batch), dtype=np.float32)).take(slice(0, n))
         parts.append(encoded if posterior else encoded.codes_only())
+        if progress is not None:
+            progress(start + n, len(indices))
     if not parts:
         raise DataError("no images to encode: every sample count must be at least 1.")
     widths = {p.codes.shape[1] for p in parts}
@@ -171,9 +179,9 @@ class CodeTable:
     """Codes of distinct dataset images, looked up by flat index (the cache ``evaluate`` shares)."""
 
     def __init__(self, dataset: ImageDataset, encode: Encode, indices: np.ndarray, batch_size: int,
-                 posterior: bool = True):
+                 posterior: bool = True, progress: EncodeProgress | None = None):
         self.indices = np.unique(np.asarray(indices, dtype=np.int64))  # sorted, for searchsorted
-        self.encoded = encode_indices(dataset, encode, self.indices, batch_size, posterior)
+        self.encoded = encode_indices(dataset, encode, self.indices, batch_size, posterior, progress)
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -73,6 +73,23 @@ def build_metric(name: str, parameters: Mapping[str, Any] | None = None) -> Metr
     return cls(**dict(parameters or {}))
 
 
+@dataclass(frozen=True)
+class EvaluationProgress:
+    """What an evaluation is doing, as told to a ``progress`` callback.
+
+    ``phase`` is ``"encoding"`` (``done`` of ``total`` distinct images encoded), ``"scoring"``
+    (metric number ``done + 1`` of ``total``, called ``metric``, starts) or ``"done"``.
+    """
+
+    phase: str
+    done: int
+    total: int
+    metric: str = ""
+
+
+Progress = Callable[[EvaluationProgress], None]
+
+
 @dataclass
 class Evaluation:
     """Values of every metric and how they were obtained."""
@@ -101,8 +118,11 @@ def _padded(n: int, batch_size: int) -> int:
 
 def evaluate_with_details(encode: Encode, dataset: ImageDataset, metrics: str | Iterable[str] = "all", seed: int = 0,
                           *, cache: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
-                          params: Mapping[str, Mapping[str, Any]] | None = None) -> Evaluation:
-    """:func:`evaluate` with the parameters, timings and image counts of the evaluation."""
+                          params: Mapping[str, Mapping[str, Any]] | None = None,
+                          progress: Progress | None = None) -> Evaluation:
+    """:func:`evaluate` with the parameters, timings and image counts of the evaluation; ``progress``
+    is told of each step (:class:`EvaluationProgress`)."""
+    tell = progress or (lambda event: None)
     names = resolve_metrics(metrics, dataset)
     params = dict(params or {})
     stray = set(params) - set(METRIC_TYPES)
@@ -124,11 +144,13 @@ def evaluate_with_details(encode: Encode, dataset: ImageDataset, metrics: str | 
     if cache:
         start = time.perf_counter()
         all_indices = np.concatenate([idx.reshape(-1) for d in draws.values() for idx in d.indices.values()])
-        table = CodeTable(dataset, encode, all_indices, batch_size, any(m.uses_posterior for m in built.values()))
+        table = CodeTable(dataset, encode, all_indices, batch_size, any(m.uses_posterior for m in built.values()),
+                          lambda done, total: tell(EvaluationProgress("encoding", done, total)))
         result.encode_seconds = time.perf_counter() - start
         result.images_encoded = len(table)
         result.images_forwarded = _padded(len(table), batch_size)
-    for name, metric in built.items():
+    for number, (name, metric) in enumerate(built.items()):
+        tell(EvaluationProgress("scoring", number, len(built), name))
         start = time.perf_counter()
         draw = draws[name]
         if cache:
@@ -139,6 +161,7 @@ def evaluate_with_details(encode: Encode, dataset: ImageDataset, metrics: str | 
             result.images_forwarded += _padded(draw.num_images, batch_size)
         result.values[name] = metric.score(draw, encoded, rngs[name])
         result.seconds[name] = seconds[name] + time.perf_counter() - start
+    tell(EvaluationProgress("done", len(built), len(built)))
     return result
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import platform
+import sys
+import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, TextIO
 
 import numpy as np
 import sklearn
@@ -13,10 +15,13 @@ import torch
 
 from betavae.errors import ConfigError
 from betavae.metrics.base import DEFAULT_BATCH_SIZE
-from betavae.metrics.evaluate import evaluate_with_details
+from betavae.metrics.evaluate import EvaluationProgress, Progress, evaluate_with_details
 
 REPRESENTATIONS = ("mean", "sampled")
 EVALUATION_FILE = "evaluation.json"
+#: Images per forward pass on a CPU: small batches keep each layer's output in cache (a Burgess net
+#: encodes about 2x faster at 128 than at 1024 on a 2-core CPU, docs/performance.md).
+CPU_FORWARD_BATCH = 128
 
 
 class VAEEncoder:
@@ -24,15 +29,19 @@ class VAEEncoder:
 
     ``representation="mean"`` gives the posterior means (the protocol's representation);
     ``"sampled"`` gives one draw z ~ q(z|x) per call and image, from ``generator``. The forward
-    passes run on the model's device under ``torch.inference_mode``, ``batch_size`` images at a time,
-    in the channels-last memory format for a convolutional model (about 1.5x faster on a 2-core CPU;
-    a copy of the model is converted, the caller's is left as it is).
+    passes run on the model's device under ``torch.inference_mode``, ``batch_size`` images at a time
+    (default: :data:`CPU_FORWARD_BATCH` on a CPU, 1024 on a GPU), in the channels-last memory format
+    for a convolutional model (about 1.5x faster on a 2-core CPU; a copy of the model is converted,
+    the caller's is left as it is).
     """
 
-    def __init__(self, model: torch.nn.Module, representation: str = "mean", batch_size: int = DEFAULT_BATCH_SIZE,
+    def __init__(self, model: torch.nn.Module, representation: str = "mean", batch_size: int | None = None,
                  generator: torch.Generator | None = None):
         if representation not in REPRESENTATIONS:
             raise ConfigError(f"unknown representation '{representation}'; choose 'mean' or 'sampled'.")
+        device = next(model.parameters()).device
+        if batch_size is None:
+            batch_size = CPU_FORWARD_BATCH if device.type == "cpu" else DEFAULT_BATCH_SIZE
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
         self.channels_last = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
@@ -41,7 +50,7 @@ class VAEEncoder:
         self.batch_size = batch_size
         # CPU generator: the same noise whatever the model's device
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
-        self.device = next(model.parameters()).device
+        self.device = device
 
     def codes_and_posterior(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(codes, mu, logvar)``, each float32 ``(n, D)``."""
@@ -67,7 +76,7 @@ class VAEEncoder:
         return self.codes_and_posterior(images)[0]
 
 
-def encoder_fn(model: torch.nn.Module, representation: str = "mean", batch_size: int = DEFAULT_BATCH_SIZE,
+def encoder_fn(model: torch.nn.Module, representation: str = "mean", batch_size: int | None = None,
                generator: torch.Generator | None = None) -> VAEEncoder:
     """Wrap a :class:`betavae.models.VAE` as the ``encode`` callable metrics take (see :class:`VAEEncoder`)."""
     return VAEEncoder(model, representation, batch_size, generator)
@@ -81,12 +90,15 @@ def _versions() -> dict[str, str]:
 
 
 def evaluate_run(run_dir: str | Path, metrics: str | Iterable[str] = "all", seed: int = 0,
-                 batch_size: int = DEFAULT_BATCH_SIZE, *, representation: str = "mean",
-                 params: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                 batch_size: int | None = None, *, representation: str = "mean",
+                 params: Mapping[str, Mapping[str, Any]] | None = None, device: str = "auto",
+                 progress: Progress | None = None) -> dict[str, Any]:
     """Evaluate the trained model of ``run_dir`` on its dataset and write ``run_dir/evaluation.json``.
 
-    Returns what it writes: for each metric its values, parameters (sample counts included), seed
-    and representation, with the library versions that produced them.
+    The model runs on ``device`` (``auto``: CUDA when present), ``batch_size`` images per forward
+    pass (default: see :class:`VAEEncoder`); ``progress`` is told what runs (e.g. a
+    :class:`ProgressPrinter`). Returns what it writes: for each metric its values, parameters
+    (sample counts included), seed and representation, with the library versions that produced them.
     """
     import betavae
     from betavae.data import dataset_from_config
@@ -94,19 +106,24 @@ def evaluate_run(run_dir: str | Path, metrics: str | Iterable[str] = "all", seed
     from betavae.training.config import TrainConfig
 
     from betavae.reference import refuse_writes
+    from betavae.training.distributed import SINGLE, device_for
 
     run_dir = Path(run_dir)
     refuse_writes(run_dir, "evaluate")  # its evaluation.json is what it ships with
     config = TrainConfig.load(run_dir)
-    model = betavae.load(run_dir)
+    model = betavae.load(run_dir, device_for(device, SINGLE))
     dataset = dataset_from_config(config)  # the run's own data, factors included
     encode = encoder_fn(model, representation, batch_size, torch.Generator().manual_seed(int(seed)))
-    details = evaluate_with_details(encode, dataset, metrics, seed, batch_size=batch_size, params=params)
+    # images read from the dataset at a time: whole forward passes, so that every pass has one shape
+    read_batch = encode.batch_size * max(1, DEFAULT_BATCH_SIZE // encode.batch_size)
+    details = evaluate_with_details(encode, dataset, metrics, seed, batch_size=read_batch, params=params,
+                                    progress=progress)
     record: dict[str, Any] = {
         "run_dir": str(run_dir),
         "dataset": getattr(dataset, "name", config.data or config.dataset),
         "seed": int(seed),
         "representation": representation,
+        "device": str(encode.device),
         "versions": _versions(),
         "images_requested": details.images_requested,
         "images_encoded": details.images_encoded,
@@ -124,6 +141,50 @@ def evaluate_run(run_dir: str | Path, metrics: str | Iterable[str] = "all", seed
     }
     write_json_atomic(run_dir / EVALUATION_FILE, record)
     return record
+
+
+class ProgressPrinter:
+    """Shows an evaluation's progress on ``stream``: a bar while encoding on a terminal (a line per
+    tenth elsewhere), then a line per metric with the seconds it took."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stderr
+        self._bar: Any = None
+        self._shown_tenth = -1
+        self._metric: tuple[str, float] | None = None
+
+    def __call__(self, event: EvaluationProgress) -> None:
+        if event.phase == "encoding":
+            self._encoding(event.done, event.total)
+            return
+        self._close_bar()
+        if self._metric is not None:
+            name, started = self._metric
+            print(f"  {name}: {time.perf_counter() - started:.1f} s", file=self.stream, flush=True)
+            self._metric = None
+        if event.phase == "scoring":
+            print(f"betavae evaluate: metric {event.done + 1}/{event.total}: {event.metric}", file=self.stream, flush=True)
+            self._metric = (event.metric, time.perf_counter())
+
+    def _encoding(self, done: int, total: int) -> None:
+        if self.stream.isatty():
+            if self._bar is None:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, file=self.stream, unit="img", unit_scale=True, desc="encoding",
+                                 dynamic_ncols=True)
+            self._bar.update(done - self._bar.n)
+            return
+        tenth = done * 10 // max(total, 1)
+        if tenth != self._shown_tenth:
+            self._shown_tenth = tenth
+            print(f"betavae evaluate: encoding {done:,}/{total:,} distinct images ({100 * done // max(total, 1)}%)",
+                  file=self.stream, flush=True)
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def _values(results: Mapping[str, Any]) -> dict[str, Mapping[str, float]]:
