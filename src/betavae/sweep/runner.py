@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -53,28 +54,31 @@ def run_sweep(spec: SweepSpec, stream: TextIO | None = None) -> dict[str, Any]:
           f"{', '.join(f'{w:g}' for w in spec.weights)}; seeds {', '.join(map(str, spec.seeds))}) in study "
           f"'{spec.name}' at {sweep_study._safe_url(spec.storage_url)}; ranking by {metric_key(spec.metric)}",
           file=stream, flush=True)
+    started = time.monotonic()
     if spec.workers == 1:
-        sweep_study.work(spec, stream)
+        done = threading.Event()
+        watcher = threading.Thread(target=sweep_study.watch, args=(study, spec, stream, started, done.is_set),
+                                   name="sweep-progress", daemon=True)
+        watcher.start()
+        try:
+            sweep_study.work(spec, stream)
+        finally:
+            done.set()
+            watcher.join()
     else:
-        _run_local_workers(spec, study, stream)
+        _run_local_workers(spec, study, stream, started)
     return summarize(spec, study, stream)
 
 
-def _run_local_workers(spec: SweepSpec, study: Any, stream: TextIO) -> None:
+def _run_local_workers(spec: SweepSpec, study: Any, stream: TextIO, started: float) -> None:
     context = multiprocessing.get_context("spawn")
     threads = default_workers_threads(spec.workers)
     processes = [context.Process(target=_worker_main, args=(spec, threads), name=f"sweep-worker-{i}")
                  for i in range(spec.workers)]
     for p in processes:
         p.start()
-    started, last, shown_at = time.monotonic(), None, 0.0
     try:
-        while any(p.is_alive() for p in processes):
-            state = sweep_study.progress(study, spec)
-            if state != last or time.monotonic() - shown_at > 60:  # on every change, else once a minute
-                print(sweep_study.format_progress(state, spec, started), file=stream, flush=True)
-                last, shown_at = state, time.monotonic()
-            time.sleep(spec.poll_seconds)
+        sweep_study.watch(study, spec, stream, started, lambda: not any(p.is_alive() for p in processes))
     except KeyboardInterrupt:
         for p in processes:
             p.join(timeout=30)  # each worker re-enqueues its trial on the same Ctrl-C

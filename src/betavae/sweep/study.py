@@ -32,6 +32,8 @@ import warnings
 from typing import Any, Iterator, TextIO
 
 from betavae.errors import BetaVAEError, ConfigError
+from betavae.sweep.progress import (TrialPhase, describe, format_duration, phase_of, publish_phase,
+                                    seconds_left, training_seconds_left)
 from betavae.sweep.spec import SweepSpec, check_storage_url
 
 HOST = socket.gethostname()
@@ -248,22 +250,54 @@ def heartbeat(study: Any, trial_id: int, seconds: float) -> Iterator[None]:
         thread.join()
 
 
-def progress(study: Any, spec: SweepSpec) -> dict[str, list[tuple[float, int]]]:
-    """Grid points that are done (completed or failed for good), running, and left."""
+def progress(study: Any, spec: SweepSpec) -> dict[str, Any]:
+    """Grid points that are done (completed or failed for good), running (with each one's phase), and
+    left, and the estimated seconds left (None before a trial finished)."""
     trials = study.get_trials(deepcopy=False)
     done = {grid_point(t) for t in trials if _terminal(t)}
     running = {grid_point(t) for t in trials if t.state.name == "RUNNING"} - done
     grid = spec.grid()
-    return {"done": [p for p in grid if p in done], "running": [p for p in grid if p in running],
-            "left": [p for p in grid if p not in done and p not in running]}
+    left = [p for p in grid if p not in done and p not in running]
+    phases = {grid_point(t): phase_of(t) for t in trials if t.state.name == "RUNNING"}
+    return {"done": [p for p in grid if p in done], "running": [p for p in grid if p in running], "left": left,
+            "phases": {p: phases.get(p, {"phase": "starting"}) for p in grid if p in running},
+            "seconds_left": seconds_left(trials, len(left), spec.workers * spec.parallel)}
 
 
-def format_progress(state: dict[str, list[tuple[float, int]]], spec: SweepSpec, started: float) -> str:
+def progress_key(state: dict[str, Any]) -> Any:
+    """What of ``state`` is worth a new line at once: the trials' states and phases, not the step."""
+    phases = tuple((p, describe(s).split(" ")[0], s.get("metric"), "to_encode" in s) for p, s in state["phases"].items())
+    return tuple(map(tuple, (state["done"], state["running"], state["left"]))) + (phases,)
+
+
+def format_progress(state: dict[str, Any], spec: SweepSpec, started: float) -> str:
     elapsed = time.monotonic() - started
-    def show(points: list[tuple[float, int]]) -> str:
-        return " ".join(f"{spec.weight_symbol}={w:g}/s{s}" for w, s in points) or "-"
+    remaining = state.get("seconds_left")
+    estimate = f", about {format_duration(remaining)} left" if remaining is not None else ""
+
+    def show(point: tuple[float, int]) -> str:
+        phase = state.get("phases", {}).get(point, {"phase": "starting"})
+        text = f"{spec.weight_symbol}={point[0]:g}/s{point[1]} {describe(phase)}"
+        to_go = training_seconds_left(phase) if phase.get("phase") == "training" else None
+        return text + (f" (~{format_duration(to_go)} to go)" if to_go is not None else "")
+
+    running = ", ".join(show(p) for p in state["running"]) or "-"
     return (f"betavae sweep: {len(state['done'])}/{len(spec.grid())} done, {len(state['running'])} running, "
-            f"{len(state['left'])} left; {elapsed:.0f}s elapsed | running: {show(state['running'])}")
+            f"{len(state['left'])} left; {elapsed:.0f}s elapsed{estimate} | running: {running}")
+
+
+def watch(study: Any, spec: SweepSpec, stream: TextIO, started: float, stop: Any, every: float = 15.0) -> None:
+    """Print the sweep's progress until ``stop()`` is true: at once on a new trial state or phase,
+    else every ``every`` seconds while something runs."""
+    last, shown_at = None, 0.0
+    while not stop():
+        with contextlib.suppress(Exception):  # a storage hiccup costs one progress line, not the sweep
+            state = progress(study, spec)
+            key = progress_key(state)
+            if key != last or (state["running"] and time.monotonic() - shown_at > every):
+                print(format_progress(state, spec, started), file=stream, flush=True)
+                last, shown_at = key, time.monotonic()
+        time.sleep(spec.poll_seconds)
 
 
 def work(spec: SweepSpec, stream: TextIO | None = None, max_trials: int | None = None) -> int:
@@ -295,23 +329,25 @@ def work(spec: SweepSpec, stream: TextIO | None = None, max_trials: int | None =
             if not state["running"] and not waiting:
                 enqueue_missing(study, spec)  # a grid point lost its trial (a kill between fail and retry)
                 continue
-            if state != last_state:
+            if progress_key(state) != last_state:
                 print(format_progress(state, spec, started) + " (waiting for other workers)", file=stream, flush=True)
-                last_state = state
+                last_state = progress_key(state)
             time.sleep(spec.poll_seconds)
             continue
         points = [(trial.suggest_categorical("weight", spec.weights), trial.suggest_categorical("seed", spec.seeds))
                   for trial in trials]
         names = [spec.trial_name(weight, seed) for weight, seed in points]
         starting = ", ".join(f"{name} (trial {trial.number})" for name, trial in zip(names, trials))
-        print(format_progress(progress(study, spec), spec, started) + f" | starting {starting}"
-              + (" together" if len(trials) > 1 else ""), file=stream, flush=True)
+        print(f"betavae sweep: starting {starting}" + (" together" if len(trials) > 1 else ""), file=stream, flush=True)
         trials_started = time.monotonic()
+        configs = [spec.trial_config(weight, seed) for weight, seed in points]
+        phases = [TrialPhase(config.run_dir(), config.steps) for config in configs]
         try:
             with contextlib.ExitStack() as beats:
-                for trial in trials:
+                for trial, phase in zip(trials, phases):
                     beats.enter_context(heartbeat(study, trial._trial_id, spec.heartbeat_seconds))
-                outcomes = run_trials(spec, points, [spec_log(spec, name) for name in names])
+                    beats.enter_context(publish_phase(study, trial._trial_id, phase, spec.poll_seconds))
+                outcomes = run_trials(spec, points, [spec_log(spec, name) for name in names], phases)
         except (KeyboardInterrupt, SystemExit):
             for trial in trials:  # interrupted, not failed: run them again later
                 _fail_and_retry(study, study._storage, trial._trial_id)

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from betavae.metrics.evaluate import Progress
+from betavae.sweep.progress import TrialPhase
 from betavae.sweep.spec import SweepSpec
 
 
@@ -70,21 +72,22 @@ def run_trial(spec: SweepSpec, weight: float, seed: int, log_path: Path) -> dict
     return outcome
 
 
-def run_trials(spec: SweepSpec, points: list[tuple[float, int]],
-               log_paths: list[Path]) -> list[dict[str, Any] | Exception]:
+def run_trials(spec: SweepSpec, points: list[tuple[float, int]], log_paths: list[Path],
+               phases: list[TrialPhase] | None = None) -> list[dict[str, Any] | Exception]:
     """Train and evaluate several trials; per trial its record or the error that stopped it.
 
     Trials whose run directory does not exist yet are trained together in one process
     (:func:`betavae.training.parallel.train_group`) when there are two or more of them; a trial an
     earlier attempt left half-trained is resumed alone from its newest checkpoint, a trained one is
     only evaluated. A failure of one trial (NaN loss, an existing directory it may not write) is that
-    trial's outcome and does not stop the others.
+    trial's outcome and does not stop the others. ``phases`` (one per point) are kept up to date.
     """
     import betavae
     from betavae.training.loop import MODEL_FILE
     from betavae.training.parallel import train_group
 
     configs = [spec.trial_config(weight, seed) for weight, seed in points]
+    phases = phases or [TrialPhase(c.run_dir(), c.steps) for c in configs]
     outcomes: list[dict[str, Any] | Exception | None] = [None] * len(points)
     streams = []
     try:
@@ -96,6 +99,7 @@ def run_trials(spec: SweepSpec, points: list[tuple[float, int]],
             names = ", ".join(configs[i].run_dir().name for i in fresh)
             for i in fresh:
                 print(f"betavae sweep: training {len(fresh)} trials together in one process: {names}", file=streams[i])
+                phases[i].training()
             try:
                 results: list[Any] = train_group([configs[i] for i in fresh], [streams[i] for i in fresh])
             except Exception as exc:  # noqa: BLE001 - a failure before training is every member's outcome
@@ -108,6 +112,7 @@ def run_trials(spec: SweepSpec, points: list[tuple[float, int]],
             if outcomes[i] is not None or (len(fresh) > 1 and i in fresh):
                 continue
             run_dir, stream = config.run_dir(), streams[i]
+            phases[i].training()
             try:
                 if (run_dir / MODEL_FILE).is_file():
                     print(f"betavae sweep: {run_dir} already trained; evaluating it", file=stream)
@@ -121,7 +126,8 @@ def run_trials(spec: SweepSpec, points: list[tuple[float, int]],
         for i, config in enumerate(configs):
             if outcomes[i] is None:
                 try:
-                    outcomes[i] = evaluate_trial(spec, config.run_dir())
+                    phases[i].evaluating()
+                    outcomes[i] = evaluate_trial(spec, config.run_dir(), phases[i].evaluating)
                 except Exception as exc:  # noqa: BLE001 - recorded as this trial's failure
                     outcomes[i] = exc
     finally:
@@ -130,11 +136,12 @@ def run_trials(spec: SweepSpec, points: list[tuple[float, int]],
     return outcomes  # type: ignore[return-value]
 
 
-def evaluate_trial(spec: SweepSpec, run_dir: Path) -> dict[str, Any]:
+def evaluate_trial(spec: SweepSpec, run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
     """Evaluate a trained trial's run directory; the values the study stores for the trial."""
     from betavae.metrics import evaluate_run
 
-    evaluation = evaluate_run(run_dir, metrics=spec.metrics, seed=spec.eval_seed, params=spec.metric_params())
+    evaluation = evaluate_run(run_dir, metrics=spec.metrics, seed=spec.eval_seed, params=spec.metric_params(),
+                              progress=progress)
     diagnosis = json.loads((run_dir / "diagnosis.json").read_text())
     mu, kl = udr_codes(run_dir, spec)
     return {
