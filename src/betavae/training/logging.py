@@ -6,9 +6,12 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from betavae.files import write_atomic
+
+if TYPE_CHECKING:
+    from betavae.training.diagnostics import LiveDiagnosis
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -51,14 +54,25 @@ class TrainingLog:
     On a terminal a progress bar shows step, reconstruction, KL and the weighted regulariser (β·KL
     for the β-VAE, named by ``regulariser_label``); elsewhere (a file, CI) one plain line is printed
     per logged record.
+
+    Given a ``diagnosis`` (:class:`~betavae.training.diagnostics.LiveDiagnosis`), each record is
+    also watched for KL collapse, KL above log N and dims that collapse: a record at which such an
+    episode starts or ends carries ``events`` in ``metrics.jsonl``, TensorBoard gets them as text
+    (``diagnosis``) and every record the ``diagnosis/*`` flags, and the terminal a line per event. The
+    records already in ``metrics.jsonl`` (a resumed run's) are fed to it first, silently, so an
+    episode in progress at the checkpoint is neither lost nor announced twice.
     """
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, stream: TextIO | None = None,
-                 tensorboard: bool = True, regulariser_label: str = "β·KL"):
+                 tensorboard: bool = True, regulariser_label: str = "β·KL", diagnosis: LiveDiagnosis | None = None):
         self.run_dir = Path(run_dir)
         self.stream = stream or sys.stderr
         self.total_steps = total_steps
         self.regulariser_label = regulariser_label
+        self.diagnosis = diagnosis
+        if diagnosis is not None:
+            for record in read_metrics(self.run_dir):
+                diagnosis.observe(record)
         self._jsonl = open(self.run_dir / METRICS_FILE, "a", buffering=1)
         self._writer = None
         if tensorboard:
@@ -76,6 +90,9 @@ class TrainingLog:
             self._bar.update(steps)
 
     def write(self, record: dict[str, Any]) -> None:
+        events = self.diagnosis.observe(record) if self.diagnosis is not None else []
+        if events:
+            record = {**record, "events": events}
         self._jsonl.write(json.dumps(record) + "\n")
         step = record["step"]
         if self._writer is not None:
@@ -84,6 +101,11 @@ class TrainingLog:
                     self._writer.add_scalars("kl_per_dim", {f"z{i}": v for i, v in enumerate(value)}, step)
                 elif isinstance(value, (int, float)) and key != "step":
                     self._writer.add_scalar(key, value, step)
+            if self.diagnosis is not None:
+                for key, value in self.diagnosis.flags().items():
+                    self._writer.add_scalar(f"diagnosis/{key}", value, step)
+            for event in events:
+                self._writer.add_text("diagnosis", f"step {step}: {event['message']}", step)
         summary = (
             f"recon {_fmt(record['reconstruction'])}  KL {_fmt(record['kl'])}  "
             f"{self.regulariser_label} {_fmt(record.get('weighted_kl', float('nan')))}  active {record['active_dims']}"
@@ -93,6 +115,8 @@ class TrainingLog:
         else:
             print(f"step {step}/{self.total_steps}  {summary}  {record['images_per_second']:.0f} img/s",
                   file=self.stream, flush=True)
+        for event in events:
+            self.message(f"betavae: step {step}: {event['message']}")
 
     def message(self, text: str) -> None:
         if self._bar is not None:

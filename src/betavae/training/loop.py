@@ -37,7 +37,7 @@ from betavae.objectives import build_objective
 from betavae.training.checkpoint import list_checkpoints, load_checkpoint, load_module_state, load_tensors, save_checkpoint
 from betavae.training.config import TrainConfig
 from betavae.training import distributed
-from betavae.training.diagnostics import diagnose, format_diagnosis, reconstruction_baseline
+from betavae.training.diagnostics import LiveDiagnosis, diagnose_run, format_diagnosis, reconstruction_baseline
 from betavae.training.distributed import Distributed
 from betavae.training.logging import TrainingLog, read_metrics, truncate_metrics
 
@@ -272,7 +272,9 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     time_limit = None if config.time_limit is None else config.time_limit * 60.0
     log: TrainingLog | _Silent = _Silent()
     if dist.is_main:
-        log = TrainingLog(run_dir, config.steps, start, stream, regulariser_label=objective.regulariser_label)
+        log = TrainingLog(run_dir, config.steps, start, stream, regulariser_label=objective.regulariser_label,
+                          diagnosis=LiveDiagnosis(objective.weight_label(), config.collapse_threshold, baseline,
+                                                  len(dataset)))
     where = f"{device}" if not dist.enabled else (
         f"{dist.world_size} torchrun processes ({device.type}, {config.batch_size // dist.world_size} images each)")
     log.message(
@@ -373,7 +375,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     history = read_metrics(run_dir)
     if not history:
         raise TrainingError(f"no training step of {run_dir} succeeded, so there is nothing to diagnose; lower --lr.")
-    diagnosis = diagnose(history[-1], objective.weight_label(), config.collapse_threshold, baseline, len(dataset))
+    diagnosis = diagnose_run(history, objective.weight_label(), config.collapse_threshold, baseline, len(dataset))
     write_json_atomic(run_dir / "diagnosis.json", diagnosis)
     log.message("betavae: diagnosis\n" + format_diagnosis(diagnosis))
     if config.figures:

@@ -49,7 +49,7 @@ from betavae.models.vae import VAEOutput
 from betavae.objectives import Objective, build_objective
 from betavae.training.checkpoint import list_checkpoints, save_checkpoint
 from betavae.training.config import TrainConfig
-from betavae.training.diagnostics import diagnose, format_diagnosis, reconstruction_baseline
+from betavae.training.diagnostics import LiveDiagnosis, diagnose_run, format_diagnosis, reconstruction_baseline
 from betavae.training.logging import TrainingLog, read_metrics, truncate_metrics
 from betavae.training import distributed
 from betavae.training.loop import (MODEL_FILE, TrainingForward, load_optimizer_state, log_record, make_adam,
@@ -254,11 +254,13 @@ def _train_together(configs: list[TrainConfig], run_dirs: list[Path], dataset: I
             model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
             objective = build_objective(config, len(dataset)).to(device)
             truncate_metrics(run_dir, 0)
-            log = TrainingLog(run_dir, config.steps, 0, stream, regulariser_label=objective.regulariser_label)
+            baseline = reconstruction_baseline(dataset, config.likelihood, config.likelihood_scale,
+                                               np.random.default_rng(config.seed))
+            log = TrainingLog(run_dir, config.steps, 0, stream, regulariser_label=objective.regulariser_label,
+                              diagnosis=LiveDiagnosis(objective.weight_label(), config.collapse_threshold, baseline,
+                                                      len(dataset)))
             members.append(_Member(config, run_dir, model.train(), objective,
-                                   torch.Generator(device).manual_seed(config.seed), log,
-                                   reconstruction_baseline(dataset, config.likelihood, config.likelihood_scale,
-                                                           np.random.default_rng(config.seed))))
+                                   torch.Generator(device).manual_seed(config.seed), log, baseline))
             log.message(
                 f"betavae: training {config.objective} ({objective.weight_label()}) on "
                 f"{getattr(dataset, 'name', 'data')} ({len(dataset)} images {tuple(dataset.image_shape)}) with "
@@ -408,8 +410,8 @@ def _finish(member: _Member, dataset: ImageDataset, spec: dict[str, Any]) -> Pat
     history = read_metrics(run_dir)
     if not history:
         raise TrainingError(f"no training step of {run_dir} succeeded, so there is nothing to diagnose; lower --lr.")
-    diagnosis = diagnose(history[-1], member.objective.weight_label(), config.collapse_threshold, member.baseline,
-                         len(dataset))
+    diagnosis = diagnose_run(history, member.objective.weight_label(), config.collapse_threshold, member.baseline,
+                             len(dataset))
     write_json_atomic(run_dir / "diagnosis.json", diagnosis)
     log.message("betavae: diagnosis\n" + format_diagnosis(diagnosis))
     if config.figures:
