@@ -36,6 +36,9 @@ def _check_common(page, run):
     diagnosis = json.loads((run / "diagnosis.json").read_text())
     for finding in diagnosis["findings"]:
         assert finding["text"] in page.text["diagnosis"]
+    assert "Over the whole run" in page.text["diagnosis"]
+    for episode in diagnosis["episodes"]:  # what happened over the run, beside the last step
+        assert episode["text"] in page.text["diagnosis"]
     for term in _own_terms(run):  # every objective-specific key of metrics.jsonl is named
         assert term in page.text["curves"]
     config = json.loads((run / "config.json").read_text())

@@ -206,3 +206,15 @@ def test_training_writes_events_only_when_something_happens(small_npy, tmp_path,
     assert (20, "kl_collapse", "started") in events
     assert "betavae: step 20: KL collapsed since step 10" in stream.getvalue()
     assert "until the end (step 40)" in json.loads((run / "diagnosis.json").read_text())["episodes"][0]["text"]
+
+
+def test_the_report_describes_the_run_even_from_an_old_diagnosis():
+    from betavae.report.run_report import _diagnosis_section
+
+    records = _collapse_100_to_700()
+    old = diagnose_run(records, **SETTINGS)
+    del old["episodes"], old["dataset_size"]  # written before episodes existed: log N gives the data size
+    html = _diagnosis_section(old, records)
+    assert "Over the whole run" in html and "from step 100 to step 700, then recovered" in html
+    quiet = _diagnosis_section(diagnose_run([_record(s, *HEALTHY) for s in range(100, 501, 100)], **SETTINGS), [])
+    assert "No KL collapse" in quiet

@@ -9,6 +9,7 @@ that moved) says so and how to get it, instead of failing the report.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from betavae.report.analysis import (MI_IMAGES, NUM_BINS, factor_entropies, mean
 from betavae.report.figures import FIGURES_DIR, make_figures, plot_training_curves
 from betavae.report.html import Section, empty, esc, figure, fmt_number, img, img_file, page, table, write_page
 from betavae.training.config import TrainConfig
+from betavae.training.diagnostics import run_episodes
 from betavae.training.logging import read_metrics
 
 REPORT_FILE = "report.html"
@@ -83,7 +85,7 @@ def run_report(run_dir: str | Path, model: VAE | None = None, dataset: ImageData
 
     sections = [
         Section("config", "Configuration", _config_section(config, dataset, history, diagnosis)),
-        Section("diagnosis", "Diagnosis", _diagnosis_section(diagnosis)),
+        Section("diagnosis", "Diagnosis", _diagnosis_section(diagnosis, history)),
         Section("curves", "Training curves", _curves_section(history, figures_dir, config.collapse_threshold)),
         Section("kl", "KL per latent dim", _kl_section(kl_per_dim, config.collapse_threshold)),
         Section("reconstructions", "Reconstructions", _figure_or_note(
@@ -169,12 +171,39 @@ def _config_section(config: TrainConfig, dataset: ImageDataset | None, history: 
     return (f"<table>{listing}</table><details><summary>every setting (config.json)</summary>{full}</details>")
 
 
-def _diagnosis_section(diagnosis: dict[str, Any] | None) -> str:
+def _findings_list(findings: list[dict[str, Any]]) -> str:
+    return '<ul class="findings">' + "".join(
+        f'<li class="{esc(f.get("level", "info"))}"><span class="level">{esc(f.get("level", ""))}</span>'
+        f'{esc(f.get("text", ""))}</li>' for f in findings) + "</ul>"
+
+
+def run_episodes_of(diagnosis: dict[str, Any], history: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The run's episodes (KL collapse, KL high, dims collapsed), replayed from its logged records with the
+    diagnosis's settings, so a run diagnosed before episodes were recorded gets them too; None if unknown."""
+    if not history:
+        return diagnosis.get("episodes")
+    try:
+        size = int(diagnosis.get("dataset_size") or round(math.exp(diagnosis["kl_ceiling_log_n"])))
+        return run_episodes(history, diagnosis.get("weight", ""), diagnosis["collapse_threshold"],
+                            diagnosis["baseline_reconstruction"], size)
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return diagnosis.get("episodes")
+
+
+def _diagnosis_section(diagnosis: dict[str, Any] | None, history: list[dict[str, Any]]) -> str:
     if not diagnosis:
         return empty("No diagnosis yet: it is written when training finishes. Finish or resume the run "
                      "(<code>betavae train --resume RUN</code>).")
-    findings = "".join(f'<li class="{esc(f.get("level", "info"))}"><span class="level">{esc(f.get("level", ""))}</span>'
-                       f'{esc(f.get("text", ""))}</li>' for f in diagnosis.get("findings", []))
+    findings = _findings_list(diagnosis.get("findings", []))
+    episodes = run_episodes_of(diagnosis, history)
+    over_run = ""
+    if episodes is not None:  # None: neither logged records nor a diagnosis that lists episodes
+        over_run = "<h3>Over the whole run</h3>" + (
+            _findings_list(episodes) if episodes else
+            '<p class="note">No KL collapse, no KL above log N, and no latent dim collapsed after being active, at '
+            "any logged step.</p>") + (
+            '<p class="caption">From every record of <code>metrics.jsonl</code>: an episode starts or ends when two '
+            "consecutive logged steps agree; training printed each start and end at the step it was seen.</p>")
     gain = diagnosis.get("reconstruction_gain")
     rows = [
         ("reconstruction NLL (nats / image)", diagnosis["reconstruction"]),
@@ -185,9 +214,9 @@ def _diagnosis_section(diagnosis: dict[str, Any] | None) -> str:
         ("active dims", ", ".join(f"z{d}" for d in diagnosis.get("active_dims", [])) or "none"),
         ("collapsed dims", ", ".join(f"z{d}" for d in diagnosis.get("collapsed_dims", [])) or "none"),
     ]
-    return (f'<ul class="findings">{findings}</ul>'
+    return (f'{findings}'
             f'<p class="caption">From the last logged step ({diagnosis["step"]:,}); a dim is collapsed when its KL is '
-            f'below {diagnosis.get("collapse_threshold", 0):g} nats.</p>' + table(("measure", "value"), rows))
+            f'below {diagnosis.get("collapse_threshold", 0):g} nats.</p>' + table(("measure", "value"), rows) + over_run)
 
 
 def _curves_section(history: list[dict[str, Any]], figures_dir: Path, threshold: float) -> str:
