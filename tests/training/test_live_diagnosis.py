@@ -208,7 +208,8 @@ def test_training_writes_events_only_when_something_happens(small_npy, tmp_path,
     assert "until the end (step 40)" in json.loads((run / "diagnosis.json").read_text())["episodes"][0]["text"]
 
 
-def test_the_report_describes_the_run_even_from_an_old_diagnosis():
+def test_the_report_describes_the_run_even_from_an_old_diagnosis(tmp_path):
+    from betavae.report.figures import plot_training_curves
     from betavae.report.run_report import _diagnosis_section
 
     records = _collapse_100_to_700()
@@ -218,3 +219,5 @@ def test_the_report_describes_the_run_even_from_an_old_diagnosis():
     assert "Over the whole run" in html and "from step 100 to step 700, then recovered" in html
     quiet = _diagnosis_section(diagnose_run([_record(s, *HEALTHY) for s in range(100, 501, 100)], **SETTINGS), [])
     assert "No KL collapse" in quiet
+    plot_training_curves(records, tmp_path / "curves.png", 0.1, episodes=run_episodes(records, **SETTINGS))
+    assert (tmp_path / "curves.png").stat().st_size > 0  # the collapse drawn as a shaded span

@@ -120,12 +120,22 @@ def plot_traversals(model: VAE, image: np.ndarray, kl_per_dim: list[float], coll
         frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=120, loop=0)
 
 
+#: How the curves mark the run's episodes (``diagnosis.json``'s ``episodes``): a shaded span each.
+EPISODE_SHADES = {"kl_collapse": ("tab:red", "KL collapsed"), "kl_high": ("tab:purple", "KL above log N")}
+
+
 def plot_training_curves(history: list[dict[str, Any]], path: Path, collapse_threshold: float,
-                         regulariser_label: str = "β·KL") -> None:
+                         regulariser_label: str = "β·KL", episodes: list[dict[str, Any]] | None = None) -> None:
     """Reconstruction, KL and the weighted regulariser (β·KL for the β-VAE) against step, and the KL
-    of each latent dim against step."""
+    of each latent dim against step; ``episodes`` of KL collapse or high KL are shaded."""
     steps = [r["step"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for episode in episodes or []:
+        if episode.get("kind") in EPISODE_SHADES:
+            colour, label = EPISODE_SHADES[episode["kind"]]
+            for ax in axes[:2]:
+                ax.axvspan(episode["start"], episode["end"], color=colour, alpha=0.12, lw=0,
+                           label=label if ax is axes[1] else None)
     axes[0].plot(steps, [r["reconstruction"] for r in history], color="tab:blue")
     axes[0].set_title("reconstruction NLL (nats / image)")
     axes[1].plot(steps, [r["kl"] for r in history], label="KL (unweighted)", color="tab:orange")
@@ -176,5 +186,5 @@ def make_figures(run_dir: Path, model: VAE, dataset: ImageDataset, history: list
     plot_traversals(model, images[0], diagnosis["kl_per_dim"], diagnosis["collapse_threshold"],
                     out / "traversals.png", out / "traversals.gif")
     plot_training_curves(history, out / "training_curves.png", diagnosis["collapse_threshold"],
-                         _regulariser_label(run_dir))
+                         _regulariser_label(run_dir), diagnosis.get("episodes"))
     return out

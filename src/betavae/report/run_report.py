@@ -86,7 +86,8 @@ def run_report(run_dir: str | Path, model: VAE | None = None, dataset: ImageData
     sections = [
         Section("config", "Configuration", _config_section(config, dataset, history, diagnosis)),
         Section("diagnosis", "Diagnosis", _diagnosis_section(diagnosis, history)),
-        Section("curves", "Training curves", _curves_section(history, figures_dir, config.collapse_threshold)),
+        Section("curves", "Training curves", _curves_section(
+            history, figures_dir, config.collapse_threshold, run_episodes_of(diagnosis, history) if diagnosis else None)),
         Section("kl", "KL per latent dim", _kl_section(kl_per_dim, config.collapse_threshold)),
         Section("reconstructions", "Reconstructions", _figure_or_note(
             figures_dir / "reconstructions.png", "reconstructions", why_missing,
@@ -219,7 +220,8 @@ def _diagnosis_section(diagnosis: dict[str, Any] | None, history: list[dict[str,
             f'below {diagnosis.get("collapse_threshold", 0):g} nats.</p>' + table(("measure", "value"), rows) + over_run)
 
 
-def _curves_section(history: list[dict[str, Any]], figures_dir: Path, threshold: float) -> str:
+def _curves_section(history: list[dict[str, Any]], figures_dir: Path, threshold: float,
+                    episodes: list[dict[str, Any]] | None = None) -> str:
     if not history:
         return empty("No logged training terms yet (<code>metrics.jsonl</code> is empty): the run has not reached its "
                      "first logging step.")
@@ -228,15 +230,16 @@ def _curves_section(history: list[dict[str, Any]], figures_dir: Path, threshold:
         main_img = img_file(main, "reconstruction, KL, β·KL and KL per dim against step", "training_curves")
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            plot_training_curves(history, Path(tmp) / "curves.png", threshold)
+            plot_training_curves(history, Path(tmp) / "curves.png", threshold, episodes=episodes)
             main_img = img_file(Path(tmp) / "curves.png", "reconstruction, KL, β·KL and KL per dim against step",
                                 "training_curves")
     numeric = [k for k, v in history[-1].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     shared = [k for k in SHARED_TERMS if k in numeric]
     own = [k for k in numeric if k not in MAIN_CURVE_KEYS and k not in SHARED_TERMS]
     parts = [figure(main_img, "Left: reconstruction NLL. Middle: KL(q(z|x) ‖ p(z)) unweighted and the weighted "
-                              "regulariser (β·KL for the β-VAE). Right: the KL of each latent dim; dotted lines are "
-                              "dims that end collapsed.")]
+                              "regulariser (β·KL for the β-VAE); shaded spans are steps where the KL had collapsed "
+                              "(red) or stayed above log N (purple). Right: the KL of each latent dim; dotted lines "
+                              "are dims that end collapsed.")]
     if shared:
         parts.append(figure(img(charts.term_curves(history, shared), "image/png", "ELBO, loss and active dims", "elbo_curves"),
                             "The ELBO (−reconstruction − KL, a lower bound on log p(x)), the loss the optimiser "
