@@ -93,9 +93,12 @@ def test_a_dim_that_collapses_after_being_active_is_an_event_and_an_episode():
     assert (episode["kind"], episode["dims"], episode["start"], episode["end"]) == ("dim_collapse", [2], 600, 900)
     assert "active again from step 1000" in episode["text"]
 
-    still = run_episodes([_record(s, [2.0, 0.01 if s >= 400 else 1.0], 200.0) for s in range(100, 801, 100)],
-                         **SETTINGS)
-    assert [(e["dims"], e["start"], e["ongoing"]) for e in still] == [([1], 400, True)]
+    def two_fall(step):
+        return [2.0] + [1.0 if step < 400 else 0.01] * 2
+
+    still = run_episodes([_record(s, two_fall(s), 200.0) for s in range(100, 801, 100)], **SETTINGS)
+    assert [(e["dims"], e["start"], e["ongoing"]) for e in still] == [([1, 2], 400, True)]  # one line for both
+    assert "dims z1, z2 collapsed at step 400" in still[0]["text"]
     assert "stayed collapsed to the end" in still[0]["text"]
 
 
@@ -165,6 +168,12 @@ def test_a_resumed_log_carries_on_the_episode_in_progress(tmp_path):
     events = [(r["step"], e["state"]) for r in read_metrics(tmp_path) for e in r.get("events", [])]
     assert events == [(200, "started"), (900, "ended")]
     assert "collapsed from step 100 to step 700" in stream.getvalue()
+
+
+def test_a_reconstruction_worse_than_ignoring_z_is_called_worse():
+    early = [_record(s, [0.01, 0.01], 2 * BASELINE) for s in (10, 20)]  # a decoder that has not learned the mean yet
+    (event,) = _events(LiveDiagnosis(**SETTINGS), early)[-1:]
+    assert "100% worse than ignoring the latents" in event[1]["message"]
 
 
 def test_episodes_of_old_records_without_events_come_from_the_records():

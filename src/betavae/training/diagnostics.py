@@ -26,6 +26,15 @@ from betavae.objectives.likelihoods import reconstruction_nll
 POOR_RECONSTRUCTION_GAIN = 0.1
 
 
+def _against_baseline(gain: float) -> str:
+    """The reconstruction's gain over ignoring the latents, in words (early in training it can be worse)."""
+    if not math.isfinite(gain):
+        return "not comparable with ignoring the latents"
+    if gain < 0:
+        return f"{-100 * gain:.0f}% worse than ignoring the latents"
+    return f"{100 * gain:.0f}% better than ignoring the latents"
+
+
 def reconstruction_baseline(
     dataset: ImageDataset, likelihood: str, scale: float, rng: np.random.Generator, n: int = 2048
 ) -> float:
@@ -73,7 +82,7 @@ def diagnose(
             "code": "beta_too_high",
             "text": (
                 f"KL near zero ({kl:.3g} nats) while reconstruction stays poor ({reconstruction:.4g} nats per "
-                f"image, {100 * gain:.0f}% better than ignoring the latents): {weight} may be too high, or "
+                f"image, {_against_baseline(gain)}): {weight} may be too high, or "
                 "the model too small. Try a lower β, a capacity schedule, or a longer run."
             ),
         })
@@ -101,7 +110,7 @@ def diagnose(
             "code": "ok",
             "text": (
                 f"{len(active)} active dimensions, KL {kl:.3g} nats, reconstruction {reconstruction:.4g} nats per "
-                f"image ({100 * gain:.0f}% better than ignoring the latents): no sign of β being too high or too low."
+                f"image ({_against_baseline(gain)}): no sign of β being too high or too low."
             ),
         })
     return {
@@ -272,12 +281,12 @@ class LiveDiagnosis:
             self._open["kl_collapse"] = began
             return {"kind": "kl_collapse", "state": "started", "step": began, "message": (
                 f"KL collapsed since step {began}: {kl:.3g} nats (below {self.collapsed_kl:g}) while the "
-                f"reconstruction, {reconstruction:.4g} nats per image, is hardly better than ignoring the latents "
-                f"({100 * gain:.0f}%): {self.weight} may be too high, or the model too small.")}
+                f"reconstruction, {reconstruction:.4g} nats per image, is {_against_baseline(gain)}: {self.weight} "
+                "may be too high, or the model too small.")}
         start = self._end("kl_collapse", "kl_collapse", last)
         return {"kind": "kl_collapse", "state": "ended", "step": began, "episode_start": start, "message": (
-            f"KL recovered at step {began} ({kl:.3g} nats, reconstruction {100 * gain:.0f}% better than ignoring the "
-            f"latents); it had collapsed {_span(start, last if last is not None else start)}.")}
+            f"KL recovered since step {began} (now {kl:.3g} nats, reconstruction {_against_baseline(gain)}); it "
+            f"had collapsed {_span(start, last if last is not None else start)}.")}
 
     def _kl_high_event(self, flip: tuple[int, int | None], kl: float) -> dict[str, Any]:
         began, last = flip
@@ -289,7 +298,7 @@ class LiveDiagnosis:
                 "press the latents toward independent factors.")}
         start = self._end("kl_high", "kl_high", last)
         return {"kind": "kl_high", "state": "ended", "step": began, "episode_start": start, "message": (
-            f"KL back below log N at step {began} ({kl:.3g} nats); it was above {ceiling} "
+            f"KL back below log N since step {began} (now {kl:.3g} nats); it was above {ceiling} "
             f"{_span(start, last if last is not None else start)}.")}
 
     def _dims_event(self, state: str, flips: list[tuple[int, tuple[int, int | None]]], kl_per_dim: list[float],
@@ -327,6 +336,7 @@ class LiveDiagnosis:
             kind, _, dim = key.partition(":")
             found.append({"kind": kind, "start": start, "end": self.last_step, "ongoing": True,
                           **({"dims": [int(dim)]} if dim else {})})
+        found = _group_dims(found)
         for e in found:
             e["level"] = "info" if e["kind"] == "dim_collapse" else "warning"
             e["text"] = self._sentence(e)
@@ -346,12 +356,28 @@ class LiveDiagnosis:
             tail = (f"from step {e['start']} until the end (step {e['end']}): {self.weight} may be too low"
                     if e["ongoing"] else f"{_span(e['start'], e['end'])}, then fell below log N")
             return f"{head} {tail}."
-        dim = _dims(e["dims"])
+        dims = f"Latent {'dim' if len(e['dims']) == 1 else 'dims'} {_dims(e['dims'])}"
         if e["ongoing"]:
-            return (f"Latent dim {dim} collapsed at step {e['start']} (KL below {self.collapse_threshold:g} nats) "
-                    "after being active, and stayed collapsed to the end.")
-        return (f"Latent dim {dim} was collapsed {_span(e['start'], e['end'])} after being active, then active "
-                f"again from step {e['active_again']}.")
+            return (f"{dims} collapsed at step {e['start']} (KL below {self.collapse_threshold:g} nats) after being "
+                    "active, and stayed collapsed to the end.")
+        return (f"{dims} collapsed {_span(e['start'], e['end'])} after being active, then active again from step "
+                f"{e['active_again']}.")
+
+
+def _group_dims(episodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Dim episodes with the same steps made one (with every dim), so a collapse of all dims reads as one line."""
+    grouped: dict[tuple, dict[str, Any]] = {}
+    others = []
+    for e in episodes:
+        if e["kind"] != "dim_collapse":
+            others.append(e)
+            continue
+        key = (e["start"], e["end"], e["ongoing"], e.get("active_again"))
+        if key in grouped:
+            grouped[key]["dims"] = sorted(grouped[key]["dims"] + e["dims"])
+        else:
+            grouped[key] = {**e, "dims": list(e["dims"])}
+    return others + list(grouped.values())
 
 
 def run_episodes(history: list[dict[str, Any]], weight: str, collapse_threshold: float,
