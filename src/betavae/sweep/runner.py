@@ -16,6 +16,7 @@ from betavae.sweep import study as sweep_study
 from betavae.sweep.outputs import add_udr, plot_tradeoff, write_summary
 from betavae.sweep.recommend import recommend
 from betavae.sweep.spec import SweepSpec, default_workers_threads, metric_key
+from betavae.sweep.storage import redact_url
 
 
 def resolve_metric(spec: SweepSpec) -> str:
@@ -47,12 +48,14 @@ def run_sweep(spec: SweepSpec, stream: TextIO | None = None) -> dict[str, Any]:
     stream = stream or sys.stderr
     spec.validate()
     out = Path(spec.out)
-    out.mkdir(parents=True, exist_ok=True)
     spec.metric = resolve_metric(spec)
+    if spec.storage_url.startswith("sqlite"):
+        out.mkdir(parents=True, exist_ok=True)  # the study file may live in OUT
     study = sweep_study.open_study(spec)  # storage problems and mismatched settings fail here, before any work
+    out.mkdir(parents=True, exist_ok=True)
     print(f"betavae sweep: {len(spec.grid())} trials ({spec.objective}, {spec.weight_symbol} in "
           f"{', '.join(f'{w:g}' for w in spec.weights)}; seeds {', '.join(map(str, spec.seeds))}) in study "
-          f"'{spec.name}' at {sweep_study._safe_url(spec.storage_url)}; ranking by {metric_key(spec.metric)}",
+          f"'{spec.name}' at {redact_url(spec.storage_url)}; ranking by {metric_key(spec.metric)}",
           file=stream, flush=True)
     started = time.monotonic()
     if spec.workers == 1:

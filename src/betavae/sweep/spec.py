@@ -13,6 +13,7 @@ from betavae.errors import ConfigError
 from betavae.metrics import METRIC_TYPES
 from betavae.objectives import OBJECTIVES
 from betavae.sweep.recommend import DEFAULT_TOLERANCE
+from betavae.sweep.storage import check_storage_url
 from betavae.sweep.udr import CORRELATIONS, KL_THRESHOLD
 from betavae.training.config import TrainConfig
 
@@ -34,7 +35,6 @@ PRIMARY_VALUES: dict[str, str] = {"beta_vae_score": "eval_accuracy", "factor_vae
 #: Protocol sample-count parameters that ``eval_samples`` scales down (those a metric has).
 _SAMPLE_FIELDS = {"num_train": 1.0, "num_eval": 0.5, "num_test": 0.5, "num_variance_estimate": 1.0,
                   "chen_num_samples": 1.0}
-STORAGE_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
 @dataclass
@@ -47,7 +47,8 @@ class SweepSpec:
     base: dict[str, Any] = field(default_factory=dict)  # TrainConfig values shared by every trial
     metrics: str = "all"  # what evaluate_run computes ("all": every metric the data supports)
     metric: str | None = None  # what the recommendation ranks by (None: mig with factors, else udr)
-    storage: str | None = None  # Optuna storage URL (None: sqlite:///OUT/study.db)
+    # Optuna storage URL (None: sqlite:///OUT/study.db); may hold a password, so never in repr()
+    storage: str | None = field(default=None, repr=False)
     study_name: str | None = None
     workers: int = 1
     parallel: int = 1  # trials each worker trains together in one process (betavae.training.parallel)
@@ -182,38 +183,6 @@ def metric_key(metric: str) -> str:
     if metric == "udr" or "." in metric:
         return metric
     return f"{metric}.{PRIMARY_VALUES.get(metric, metric)}"
-
-
-def check_storage_url(url: str) -> str:
-    """The SQLAlchemy URL Optuna should use for ``url``; a ConfigError for anything but SQLite/PostgreSQL."""
-    scheme = url.split(":", 1)[0].lower() if "://" in url else ""
-    dialect, _, driver = scheme.partition("+")
-    if dialect not in STORAGE_SCHEMES:
-        raise ConfigError(f"unsupported study storage '{url}'; use sqlite:///PATH/study.db or "
-                          "postgresql://USER:PASSWORD@HOST:PORT/DATABASE.")
-    if dialect == "sqlite":
-        if not url.startswith("sqlite:///") or url == "sqlite:///":
-            raise ConfigError(f"a SQLite storage URL needs a file path, e.g. sqlite:///sweep/study.db; got '{url}'.")
-        return url
-    rest = url.split("://", 1)[1]
-    if not driver:
-        driver = _postgres_driver()
-    return f"postgresql+{driver}://{rest}"
-
-
-def _postgres_driver() -> str:
-    try:
-        import psycopg  # noqa: F401
-
-        return "psycopg"
-    except ImportError:
-        pass
-    try:
-        import psycopg2  # noqa: F401
-
-        return "psycopg2"
-    except ImportError:
-        raise ConfigError("a PostgreSQL storage needs a driver; install it with: pip install 'betavae[postgres]'.") from None
 
 
 def default_workers_threads(workers: int) -> int:
