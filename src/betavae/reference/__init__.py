@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from betavae.checks import check_output_path
 from betavae.errors import CheckpointError, ConfigError
 
 ROOT = Path(__file__).resolve().parent
@@ -54,7 +55,7 @@ def load(name: str, device: str = "cpu"):
 
 def copy(name: str, destination: str | Path) -> Path:
     """Copy ``name`` to ``destination`` (which must not exist), for evaluating or training it further."""
-    destination = Path(destination)
+    destination = check_output_path(destination, "the destination")
     if destination.exists():
         raise ConfigError(f"{destination} already exists; choose another destination (nothing was overwritten).")
     shutil.copytree(path(name), destination)

@@ -14,6 +14,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from betavae.checks import check_output_path, check_seed
 from betavae.data import DATASETS, IMAGE_SIZES
 from betavae.errors import CheckpointError, ConfigError
 from betavae.files import write_json_atomic
@@ -153,8 +154,7 @@ class TrainConfig:
         if self.batch_size < OBJECTIVES[self.objective].min_batch_size:
             raise ConfigError(f"objective {self.objective} estimates batch statistics and needs --batch-size of at least "
                               f"{OBJECTIVES[self.objective].min_batch_size}, got {self.batch_size}.")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be a whole number >= 0, got {self.seed!r}.")
+        check_seed(self.seed)
         if self.device != "auto" and self.device != "cpu" and not (
             self.device == "cuda" or (self.device.startswith("cuda:") and self.device[5:].isdigit())
         ):
@@ -177,6 +177,7 @@ class TrainConfig:
         if self.compile == "cudagraphs" and self.device == "cpu":
             raise ConfigError("--compile cudagraphs captures CUDA graphs and needs a CUDA device, but --device is cpu; "
                               "use --compile on (or off) on the CPU.")
+        check_output_path(self.run_dir(), "--out")
         return self
 
     def to_dict(self) -> dict[str, Any]:
