@@ -20,6 +20,7 @@ from betavae.errors import CheckpointError, ConfigError
 from betavae.files import write_json_atomic
 from betavae.models import ARCHITECTURES
 from betavae.objectives import ESTIMATORS, LIKELIHOODS, OBJECTIVES, SCHEDULES
+from betavae.training.memory import check_memory
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -178,7 +179,16 @@ class TrainConfig:
             raise ConfigError("--compile cudagraphs captures CUDA graphs and needs a CUDA device, but --device is cpu; "
                               "use --compile on (or off) on the CPU.")
         check_output_path(self.run_dir(), "--out")
+        check_memory(self.arch, self.latents, self.batch_size, self.smallest_image_shape(), self.width, self.device,
+                     self.precision)
         return self
+
+    def smallest_image_shape(self) -> tuple[int, int, int]:
+        """The images' shape ``(C, H, W)`` for a named dataset; for ``--data``, the smallest it can be."""
+        if not self.data:
+            return DATASETS[self.dataset]().image_shape
+        size = self.image_size or min(IMAGE_SIZES)
+        return (1, size, size)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
