@@ -13,15 +13,26 @@ from betavae.errors import ConfigError
 MAX_SEED = 2**63 - 1
 #: Longest file name and path when the file system does not say (Linux's NAME_MAX and PATH_MAX).
 NAME_MAX, PATH_MAX = 255, 4096
+#: The most characters of a path a message shows.
+PATH_SHOWN = 200
 
 
 def shown(value: Any, limit: int = 40) -> str:
-    """``value`` for a message: at most ``limit`` characters, bytes that are not UTF-8 as ``\\xNN``."""
+    """``value`` for a one-line message: at most ``limit`` characters (the middle of a longer one left
+    out), bytes that are not UTF-8 as ``\\xNN``, control characters (a newline in a name) escaped."""
     if isinstance(value, (str, os.PathLike)):
-        text = os.fsencode(value).decode("utf-8", "backslashreplace")
+        try:
+            text = os.fsencode(value).decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+            text = os.fspath(value).encode("utf-8", "backslashreplace").decode("ascii")
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
     else:
-        text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else f"a {value.bit_length()}-bit number"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        big = isinstance(value, int) and abs(value) >= 10**limit
+        text = f"a {value.bit_length()}-bit number" if big else repr(value)
+    if len(text) <= limit:
+        return text
+    head = (limit - 3) // 2
+    return text[:head] + "..." + text[len(text) - (limit - 3 - head):]  # the middle left out
 
 
 def check_seed(value: Any, name: str = "seed") -> int:
@@ -45,10 +56,10 @@ def check_output_path(path: str | os.PathLike[str], what: str = "--out") -> Path
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise ConfigError(f"{what} {shown(text, 80)} is not valid UTF-8 text; betavae writes the path into its "
-                          "JSON files and reports, so choose a name of UTF-8 characters.") from None
+        raise ConfigError(f"{what} {shown(text, PATH_SHOWN)} is not valid UTF-8 text; betavae writes the path into "
+                          "its JSON files and reports, so choose a name of UTF-8 characters.") from None
     if "\x00" in text:
-        raise ConfigError(f"{what} {shown(text, 80)} holds a NUL character; choose another name.")
+        raise ConfigError(f"{what} {shown(text, PATH_SHOWN)} holds a NUL character; choose another name.")
     target = Path(text)
     name_max, path_max = _limits(target)
     for part in target.parts:
@@ -58,20 +69,20 @@ def check_output_path(path: str | os.PathLike[str], what: str = "--out") -> Path
                               "the file system allows for one name; choose a shorter name.")
     size = len(os.fsencode(target.absolute()))
     if size >= path_max:
-        raise ConfigError(f"{what} {shown(text)} is {size} bytes long as an absolute path, more than the "
-                          f"{path_max - 1} the file system allows; choose a shorter path.")
+        raise ConfigError(f"{what} {shown(text, PATH_SHOWN)} is {size} bytes long as an absolute path, more than "
+                          f"the {path_max - 1} the file system allows; choose a shorter path.")
     for ancestor in target.parents:
         try:
             is_dir = ancestor.is_dir()
             exists = is_dir or ancestor.exists()
         except OSError as exc:  # a loop of symbolic links, a folder it may not read
-            raise ConfigError(f"{what} {shown(text)} cannot be made: {shown(ancestor)} is not usable "
-                              f"({exc.strerror or exc}); choose another {what}.") from None
+            raise ConfigError(f"{what} {shown(text, PATH_SHOWN)} cannot be made: {shown(ancestor, PATH_SHOWN)} is "
+                              f"not usable ({exc.strerror or exc}); choose another path.") from None
         if is_dir:
             break
         if exists:
-            raise ConfigError(f"{what} {shown(text)} is below {shown(ancestor)}, which is a file, not a folder; "
-                              "choose a path outside it.")
+            raise ConfigError(f"{what} {shown(text, PATH_SHOWN)} is below {shown(ancestor, PATH_SHOWN)}, which is a "
+                              "file, not a folder; choose a path outside it.")
     return target
 
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from betavae.checks import check_output_path, shown
+from betavae.checks import check_output_path, check_seed, shown
 from betavae.errors import BetaVAEError
 from betavae.training.config import TrainConfig, field_type
 
@@ -169,6 +169,7 @@ def cmd_traverse(args: argparse.Namespace) -> int:
 
     from betavae.reference import refuse_writes
 
+    check_seed(args.seed)  # before the run is read
     run_dir = Path(args.run)
     refuse_writes(run_dir, "redraw the figures of")
     config = Config.load(run_dir)
