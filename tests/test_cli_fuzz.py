@@ -229,6 +229,29 @@ def test_output_paths_that_cannot_be_made_are_refused_before_anything_is_made(ba
         assert _listing(Path(tmp)) == before, f"{kind}: something was made"
 
 
+READ_COMMANDS = {
+    "evaluate": lambda data, path: ["evaluate", path],
+    "traverse": lambda data, path: ["traverse", path],
+    "report": lambda data, path: ["report", path],
+    "resume": lambda data, path: ["train", "--resume", path],
+    "data": lambda data, path: ["train", "--data", path, "--steps", "1"],
+    "factors": lambda data, path: ["train", "--data", data, "--factors", path + ".csv", "--steps", "1"],
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bad=BAD_OUTS, command=st.sampled_from(sorted(READ_COMMANDS)))
+def test_paths_to_read_that_cannot_be_looked_up_fail_cleanly(bad, command, small_npy, capsys, monkeypatch):
+    kind, parts = bad
+    with tempfile.TemporaryDirectory() as tmp:
+        monkeypatch.chdir(tmp)  # a train command that gets past the paths would make its run in here
+        (Path(tmp) / "f").write_text("a regular file")
+        before = _listing(Path(tmp))
+        code, err = _run(READ_COMMANDS[command](str(small_npy), os.path.join(tmp, *parts)), capsys)
+        _assert_one_line_error(code, err)
+        assert _listing(Path(tmp)) == before, f"{kind}: something was made"
+
+
 MARK = "Zx9"  # only in generated passwords
 PASSWORDS = st.builds(lambda a, b: a + MARK + b, st.text(max_size=8), st.text(max_size=8)).filter(
     lambda pw: "\x00" not in pw)

@@ -17,15 +17,21 @@ NAME_MAX, PATH_MAX = 255, 4096
 PATH_SHOWN = 200
 
 
+def one_line(text: str) -> str:
+    """``text`` printable on one line of any terminal: bytes that are not UTF-8 (a file name's) as
+    ``\\xNN``, control characters (a newline in a name) escaped."""
+    try:
+        text = os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def shown(value: Any, limit: int = 40) -> str:
-    """``value`` for a one-line message: at most ``limit`` characters (the middle of a longer one left
-    out), bytes that are not UTF-8 as ``\\xNN``, control characters (a newline in a name) escaped."""
+    """``value`` for a one-line message (see :func:`one_line`), at most ``limit`` characters: the
+    middle of a longer one is left out."""
     if isinstance(value, (str, os.PathLike)):
-        try:
-            text = os.fsencode(value).decode("utf-8", "backslashreplace")
-        except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
-            text = os.fspath(value).encode("utf-8", "backslashreplace").decode("ascii")
-        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+        text = one_line(os.fspath(value))
     else:
         big = isinstance(value, int) and abs(value) >= 10**limit
         text = f"a {value.bit_length()}-bit number" if big else repr(value)
@@ -84,6 +90,20 @@ def check_output_path(path: str | os.PathLike[str], what: str = "--out") -> Path
             raise ConfigError(f"{what} {shown(text, PATH_SHOWN)} is below {shown(ancestor, PATH_SHOWN)}, which is a "
                               "file, not a folder; choose a path outside it.")
     return target
+
+
+def check_input_path(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` as a Path unless the file system cannot even look it up (a name longer than it allows,
+    a loop of symbolic links, a folder it may not read): then a ConfigError. A missing file passes,
+    for the reader to report with what it expected there."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"{what} {shown(path, PATH_SHOWN)} cannot be read: {reason}; check the path.") from None
+    return Path(path)
 
 
 def _limits(path: Path) -> tuple[int, int]:

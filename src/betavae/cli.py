@@ -11,7 +11,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from betavae.checks import check_output_path, check_seed, shown
+from betavae.checks import check_output_path, check_seed, one_line, shown
 from betavae.errors import BetaVAEError
 from betavae.training.config import TrainConfig, field_type
 
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except BetaVAEError as exc:
-        print(f"betavae: error: {exc}", file=sys.stderr)
+        print(f"betavae: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("betavae: interrupted; checkpoints written so far are kept (resume with 'betavae train --resume RUN').",

@@ -66,7 +66,7 @@ def refuse_writes(run_dir: str | Path, action: str) -> None:
     """Raise :class:`ConfigError` when ``run_dir`` is a shipped reference model (they are read-only)."""
     try:
         inside = Path(run_dir).resolve().is_relative_to(ROOT)
-    except OSError:
+    except (OSError, ValueError):  # a path that cannot be looked up is no shipped model; the reader reports it
         return
     if inside:
         name = Path(run_dir).resolve().relative_to(ROOT).parts[0] if Path(run_dir).resolve() != ROOT else "NAME"

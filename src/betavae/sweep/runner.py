@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from betavae.checks import one_line
 from betavae.errors import BetaVAEError
 from betavae.files import write_json_atomic
 from betavae.sweep import study as sweep_study
@@ -37,7 +38,7 @@ def _worker_main(spec: SweepSpec, threads: int) -> None:
     try:
         sweep_study.work(spec)
     except BetaVAEError as exc:
-        print(f"betavae: error: {exc}", file=sys.stderr, flush=True)
+        print(f"betavae: error: {one_line(str(exc))}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

@@ -15,7 +15,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from betavae.checks import check_output_path, check_seed, shown
+from betavae.checks import check_input_path, check_output_path, check_seed, shown
 from betavae.data import DATASETS, IMAGE_SIZES
 from betavae.errors import CheckpointError, ConfigError
 from betavae.files import write_json_atomic
@@ -213,9 +213,14 @@ class TrainConfig:
     def load(cls, run_dir: str | Path) -> "TrainConfig":
         """The config saved in ``run_dir/config.json`` (or a config file path)."""
         path = Path(run_dir)
-        path = path / "config.json" if path.is_dir() else path
-        if not path.is_file():
-            raise CheckpointError(f"{path} does not exist; is {run_dir} a betavae run directory?")
+        try:
+            path = path / "config.json" if path.is_dir() else path
+            found = path.is_file()
+        except OSError as exc:  # a name longer than the file system allows, a folder it may not read
+            raise CheckpointError(f"cannot read {shown(run_dir, 200)}: {exc.strerror or exc}; is it a betavae run "
+                                  "directory?") from None
+        if not found:
+            raise CheckpointError(f"{shown(path, 200)} does not exist; is {shown(run_dir, 200)} a betavae run directory?")
         try:
             values = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
@@ -259,6 +264,9 @@ def _validate_data(config: TrainConfig) -> None:
     if config.factors is not None and Path(config.factors).suffix.lower() != ".csv":
         raise ConfigError(f"--factors must be a .csv file, got {config.factors}; a .npz can carry its labels "
                           "as a 'factors' array instead.")
+    for name in ("data", "factors"):
+        if getattr(config, name) is not None:
+            check_input_path(getattr(config, name), f"--{name}")
     for name in ("allow_subset", "skip_bad"):
         if getattr(config, name) and not config.data:
             raise ConfigError(f"--{name.replace('_', '-')} applies only to --data; drop it or pass --data PATH.")
