@@ -5,6 +5,7 @@ that cannot be made, storage URLs with passwords) must end in ``betavae: error: 
 2 with nothing written; a password must never be shown.
 """
 
+import contextlib
 import os
 import tempfile
 import types
@@ -307,7 +308,7 @@ CONFIG_VALUES = st.fixed_dictionaries({}, optional={
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(values=CONFIG_VALUES)
 def test_random_python_configs_run_or_raise_a_betavae_error(values, small_npy):
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):  # out=None trains in runs/ of the cwd
         (Path(tmp) / "f").write_text("a regular file")
         if isinstance(values.get("out"), str):
             values["out"] = str(Path(tmp) / values["out"])
