@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -49,6 +50,78 @@ def test_bad_input_gets_one_line_and_exit_code_2(args, message, small_npy, tmp_p
     assert code == 2
     assert message in err and err.count("\n") == 1 and err.startswith("betavae: error:")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def memory_of_16_gib(monkeypatch):
+    """The machine's memory as the estimate sees it: 16 GiB, whatever the machine running the tests has."""
+    monkeypatch.setattr("betavae.training.memory.device_memory", lambda device: (16 * 2**30, "this machine's memory"))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--seed", "-1"], "seed must be a whole number from 0 to 2**63 - 1"),
+    (["--seed", str(2**63)], "seed must be a whole number from 0 to 2**63 - 1"),
+    (["--seed", str(2**64 + 7)], "seed must be a whole number from 0 to 2**63 - 1"),
+    (["--latents", "1000000000"], "lower --latents"),
+    (["--dataset", "dsprites", "--batch-size", "500000"], "lower --batch-size to at most"),
+    (["--arch", "mlp", "--width", "10000000"], "lower --latents or --width"),
+    (["--latents", str(10**30)], "far beyond what any machine can train"),
+])
+def test_issue_cases_get_one_line_and_nothing_written(args, message, small_npy, tmp_path, capsys, memory_of_16_gib):
+    data = [] if "--dataset" in args else ["--data", str(small_npy)]
+    code = main(["train", *data, *args, "--out", str(tmp_path / "run"), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and err.startswith("betavae: error:")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.npy"]
+
+
+def test_memory_message_gives_the_estimate_and_what_fits(tmp_path, capsys, memory_of_16_gib):
+    code = main(["train", "--batch-size", "500000", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    # burgess on 64x64 dSprites: 180,786 numbers a layer outputs per image, 4 bytes each (measured peak: within 10%)
+    assert code == 2 and "training would need about 336.7 GiB" in err and "this machine's memory is 16.0 GiB" in err
+    assert "the model's 502,005 parameters need 7.7 MiB" in err and "a batch of 500,000 images 336.7 GiB" in err
+    assert "lower --batch-size to at most 23,746." in err  # 16 GiB less the parameters, over 723 KB an image
+
+
+@pytest.mark.parametrize("out, message", [
+    ("afile/run", "which is a file, not a folder"),
+    ("afile/a/b/c", "is below afile, which is a file"),
+    ("x" * 300, "300 bytes long, more than the 255"),
+    ("runs/" + "é" * 128, "256 bytes long"),
+    ("bad\udcff\udcfename", "is not valid UTF-8 text"),
+])
+@pytest.mark.parametrize("command", ["train", "demo", "sweep"])
+def test_out_that_cannot_be_made_is_refused_before_any_directory(out, message, command, small_npy, tmp_path, capsys,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("a file")
+    argv = {"train": ["train", "--data", str(small_npy), "--steps", "1"], "demo": ["demo", "--steps", "1"],
+            "sweep": ["sweep", "--data", str(small_npy), "--beta", "1", "--seeds", "1"]}[command]
+    assert main([*argv, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("betavae: error: ") and err.count("\n") == 1 and message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "small.npy"]
+
+
+def test_non_utf8_out_from_a_real_command_line(small_npy, tmp_path):
+    """The bytes of a real argv (not UTF-8) reach betavae as surrogate escapes: refused, no directory made."""
+    result = subprocess.run([sys.executable, "-m", "betavae", "train", "--data", str(small_npy), "--steps", "1",
+                             "--out", os.fsencode(tmp_path) + b"/bad\xff\xfename"], capture_output=True)
+    err = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 2 and "Traceback" not in err
+    assert err.startswith("betavae: error: --out") and "bad\\xff\\xfename is not valid UTF-8" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.npy"]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "traverse", "report"])
+@pytest.mark.parametrize("seed", ["-1", str(2**63), "99999999999999999999"])
+def test_run_commands_refuse_bad_seeds_before_loading(command, seed, tmp_path, capsys):
+    # no run directory at all: the seed is checked first, before the run is read or anything written
+    assert main([command, str(tmp_path / "no-run"), f"--seed={seed}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("betavae: error: seed must be a whole number from 0 to 2**63 - 1") and err.count("\n") == 1
 
 
 def test_unknown_dataset_and_unsupported_image_size(tmp_path, capsys):

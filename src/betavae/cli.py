@@ -11,6 +11,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from betavae.checks import check_output_path, check_seed, one_line, shown
 from betavae.errors import BetaVAEError
 from betavae.training.config import TrainConfig, field_type
 
@@ -100,7 +101,7 @@ def _fresh_dir(path: Path) -> Path:
 def cmd_demo(args: argparse.Namespace) -> int:
     from betavae.training import train
 
-    out = _fresh_dir(Path(args.out))
+    out = _fresh_dir(check_output_path(args.out, "--out"))
     if out != Path(args.out):
         print(f"betavae: {args.out} exists (kept as it is); this demo writes to {out}", file=sys.stderr)
     # lr 1e-3: with 5e-4 the KL sits at ~0 for the first ~500 steps while the decoder learns the
@@ -168,6 +169,7 @@ def cmd_traverse(args: argparse.Namespace) -> int:
 
     from betavae.reference import refuse_writes
 
+    check_seed(args.seed)  # before the run is read
     run_dir = Path(args.run)
     refuse_writes(run_dir, "redraw the figures of")
     config = Config.load(run_dir)
@@ -196,8 +198,11 @@ def _seed_list(text: str) -> list[int]:
     except ValueError:
         raise BetaVAEError(f"--seeds takes a count (3) or comma-separated seeds (0,5,7); got '{text}'.") from None
     if "," not in text and len(values) == 1:
-        if values[0] < 1:
-            raise BetaVAEError(f"--seeds needs at least 1 seed, got {values[0]}.")
+        from betavae.sweep.spec import MAX_TRIALS
+
+        if not 1 <= values[0] <= MAX_TRIALS:
+            raise BetaVAEError(f"--seeds N trains N seeds (0 to N-1) per weight, from 1 to {MAX_TRIALS:,}; "
+                               f"got {shown(values[0])}.")
         return list(range(values[0]))
     return values
 
@@ -385,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except BetaVAEError as exc:
-        print(f"betavae: error: {exc}", file=sys.stderr)
+        print(f"betavae: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("betavae: interrupted; checkpoints written so far are kept (resume with 'betavae train --resume RUN').",

@@ -13,6 +13,7 @@ import numpy as np
 import sklearn
 import torch
 
+from betavae.checks import check_seed
 from betavae.errors import ConfigError
 from betavae.metrics.base import DEFAULT_BATCH_SIZE
 from betavae.metrics.evaluate import EvaluationProgress, Progress, evaluate_with_details
@@ -108,6 +109,7 @@ def evaluate_run(run_dir: str | Path, metrics: str | Iterable[str] = "all", seed
     from betavae.reference import refuse_writes
     from betavae.training.distributed import SINGLE, device_for
 
+    check_seed(seed)
     run_dir = Path(run_dir)
     refuse_writes(run_dir, "evaluate")  # its evaluation.json is what it ships with
     config = TrainConfig.load(run_dir)

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from betavae.checks import check_output_path
 from betavae.errors import CheckpointError, ConfigError
 
 ROOT = Path(__file__).resolve().parent
@@ -54,7 +55,7 @@ def load(name: str, device: str = "cpu"):
 
 def copy(name: str, destination: str | Path) -> Path:
     """Copy ``name`` to ``destination`` (which must not exist), for evaluating or training it further."""
-    destination = Path(destination)
+    destination = check_output_path(destination, "the destination")
     if destination.exists():
         raise ConfigError(f"{destination} already exists; choose another destination (nothing was overwritten).")
     shutil.copytree(path(name), destination)
@@ -65,7 +66,7 @@ def refuse_writes(run_dir: str | Path, action: str) -> None:
     """Raise :class:`ConfigError` when ``run_dir`` is a shipped reference model (they are read-only)."""
     try:
         inside = Path(run_dir).resolve().is_relative_to(ROOT)
-    except OSError:
+    except (OSError, ValueError):  # a path that cannot be looked up is no shipped model; the reader reports it
         return
     if inside:
         name = Path(run_dir).resolve().relative_to(ROOT).parts[0] if Path(run_dir).resolve() != ROOT else "NAME"

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from betavae.checks import check_seed  # noqa: E402
 from betavae.data.base import ImageDataset  # noqa: E402
 from betavae.files import atomic_output  # noqa: E402
 from betavae.models.vae import VAE  # noqa: E402
@@ -176,6 +177,7 @@ def _regulariser_label(run_dir: Path) -> str:
 def make_figures(run_dir: Path, model: VAE, dataset: ImageDataset, history: list[dict[str, Any]],
                  diagnosis: dict[str, Any], seed: int = 0) -> Path:
     """Write every figure of a run into ``RUN/figures/``; returns that directory."""
+    check_seed(seed)
     out = Path(run_dir) / FIGURES_DIR
     out.mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)

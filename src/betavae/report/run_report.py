@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from betavae.checks import check_seed
 from betavae.data import dataset_from_config
 from betavae.data.base import FactorDataset, ImageDataset
 from betavae.errors import BetaVAEError
@@ -53,6 +54,7 @@ def run_report(run_dir: str | Path, model: VAE | None = None, dataset: ImageData
     """
     from betavae.reference import refuse_writes
 
+    check_seed(seed)
     run_dir = Path(run_dir)
     refuse_writes(run_dir, "write a report for")
     config = TrainConfig.load(run_dir)

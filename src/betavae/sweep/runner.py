@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from betavae.checks import one_line
 from betavae.errors import BetaVAEError
 from betavae.files import write_json_atomic
 from betavae.sweep import study as sweep_study
 from betavae.sweep.outputs import add_udr, plot_tradeoff, write_summary
 from betavae.sweep.recommend import recommend
 from betavae.sweep.spec import SweepSpec, default_workers_threads, metric_key
+from betavae.sweep.storage import redact_url
 
 
 def resolve_metric(spec: SweepSpec) -> str:
@@ -36,7 +38,7 @@ def _worker_main(spec: SweepSpec, threads: int) -> None:
     try:
         sweep_study.work(spec)
     except BetaVAEError as exc:
-        print(f"betavae: error: {exc}", file=sys.stderr, flush=True)
+        print(f"betavae: error: {one_line(str(exc))}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
@@ -47,12 +49,14 @@ def run_sweep(spec: SweepSpec, stream: TextIO | None = None) -> dict[str, Any]:
     stream = stream or sys.stderr
     spec.validate()
     out = Path(spec.out)
-    out.mkdir(parents=True, exist_ok=True)
     spec.metric = resolve_metric(spec)
+    if spec.storage_url.startswith("sqlite"):
+        out.mkdir(parents=True, exist_ok=True)  # the study file may live in OUT
     study = sweep_study.open_study(spec)  # storage problems and mismatched settings fail here, before any work
+    out.mkdir(parents=True, exist_ok=True)
     print(f"betavae sweep: {len(spec.grid())} trials ({spec.objective}, {spec.weight_symbol} in "
           f"{', '.join(f'{w:g}' for w in spec.weights)}; seeds {', '.join(map(str, spec.seeds))}) in study "
-          f"'{spec.name}' at {sweep_study._safe_url(spec.storage_url)}; ranking by {metric_key(spec.metric)}",
+          f"'{spec.name}' at {redact_url(spec.storage_url)}; ranking by {metric_key(spec.metric)}",
           file=stream, flush=True)
     started = time.monotonic()
     if spec.workers == 1:

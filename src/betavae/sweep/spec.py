@@ -9,10 +9,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from betavae.checks import check_output_path, check_seed, shown
 from betavae.errors import ConfigError
 from betavae.metrics import METRIC_TYPES
 from betavae.objectives import OBJECTIVES
 from betavae.sweep.recommend import DEFAULT_TOLERANCE
+from betavae.sweep.storage import check_storage_url
 from betavae.sweep.udr import CORRELATIONS, KL_THRESHOLD
 from betavae.training.config import TrainConfig
 
@@ -32,9 +34,10 @@ PRIMARY_VALUES: dict[str, str] = {"beta_vae_score": "eval_accuracy", "factor_vae
                                   "sap": "sap", "dci": "disentanglement", "modularity_explicitness": "modularity",
                                   "unsupervised": "gaussian_total_correlation"}
 #: Protocol sample-count parameters that ``eval_samples`` scales down (those a metric has).
+#: The most trials one sweep holds, local worker processes, and seconds between heartbeats.
+MAX_TRIALS, MAX_WORKERS, MAX_HEARTBEAT = 10_000, 1024, 86_400
 _SAMPLE_FIELDS = {"num_train": 1.0, "num_eval": 0.5, "num_test": 0.5, "num_variance_estimate": 1.0,
                   "chen_num_samples": 1.0}
-STORAGE_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
 @dataclass
@@ -47,7 +50,8 @@ class SweepSpec:
     base: dict[str, Any] = field(default_factory=dict)  # TrainConfig values shared by every trial
     metrics: str = "all"  # what evaluate_run computes ("all": every metric the data supports)
     metric: str | None = None  # what the recommendation ranks by (None: mig with factors, else udr)
-    storage: str | None = None  # Optuna storage URL (None: sqlite:///OUT/study.db)
+    # Optuna storage URL (None: sqlite:///OUT/study.db); may hold a password, so never in repr()
+    storage: str | None = field(default=None, repr=False)
     study_name: str | None = None
     workers: int = 1
     parallel: int = 1  # trials each worker trains together in one process (betavae.training.parallel)
@@ -125,15 +129,24 @@ class SweepSpec:
                 raise ConfigError(f"every swept {self.weight_field} must be a finite number >= 0, got {w!r}.")
         if len(set(self.weights)) != len(self.weights):
             raise ConfigError(f"repeated {self.weight_field} values in {self.weights}; give each once.")
-        if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
-            raise ConfigError(f"seeds must be whole numbers >= 0 (at least one), got {self.seeds!r}.")
+        if not self.seeds:
+            raise ConfigError("no seeds to sweep; pass e.g. --seeds 3 (seeds 0, 1, 2) or --seeds 0,5,7.")
+        for seed in self.seeds:
+            check_seed(seed, "every seed")
+        check_seed(self.eval_seed, "eval_seed")
+        if len(self.weights) * len(self.seeds) > MAX_TRIALS:
+            raise ConfigError(f"{len(self.weights):,} weights x {len(self.seeds):,} seeds make "
+                              f"{len(self.weights) * len(self.seeds):,} trials, more than the {MAX_TRIALS:,} a sweep "
+                              "holds (each is a trained run); sweep fewer values, or split them over several --out.")
+        check_output_path(self.out, "--out")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"repeated seeds in {self.seeds}; give each once.")
         for key in ("seed", "out", self.weight_field):
             if key in self.base:
                 raise ConfigError(f"--{key.replace('_', '-')} is set by the sweep for each trial; drop it.")
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ConfigError(f"workers must be a whole number >= 1, got {self.workers!r}.")
+        if not isinstance(self.workers, int) or not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"workers must be a whole number from 1 to {MAX_WORKERS} (each is a process with its "
+                              f"own model and data; one per core is the most that helps), got {shown(self.workers)}.")
         if not isinstance(self.parallel, int) or isinstance(self.parallel, bool) or self.parallel < 1:
             raise ConfigError(f"parallel must be a whole number >= 1 (trials trained together), got {self.parallel!r}.")
         if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
@@ -144,8 +157,9 @@ class SweepSpec:
             raise ConfigError(f"udr_samples must be at least 10, got {self.udr_samples}.")
         if self.udr_correlation not in CORRELATIONS:
             raise ConfigError(f"unknown UDR correlation '{self.udr_correlation}'; choose one of: {', '.join(CORRELATIONS)}.")
-        if not isinstance(self.heartbeat_seconds, int) or self.heartbeat_seconds < 1:
-            raise ConfigError(f"heartbeat must be a whole number of seconds >= 1, got {self.heartbeat_seconds!r}.")
+        if not isinstance(self.heartbeat_seconds, int) or not 1 <= self.heartbeat_seconds <= MAX_HEARTBEAT:
+            raise ConfigError(f"heartbeat must be a whole number of seconds from 1 to {MAX_HEARTBEAT} (a trial silent "
+                              f"for 3 of them is run again), got {shown(self.heartbeat_seconds)}.")
         if self.metrics != "all":
             unknown = [m for m in self.metrics.split(",") if m.strip() and m.strip() not in METRIC_TYPES]
             if unknown or not self.metrics.strip():
@@ -182,38 +196,6 @@ def metric_key(metric: str) -> str:
     if metric == "udr" or "." in metric:
         return metric
     return f"{metric}.{PRIMARY_VALUES.get(metric, metric)}"
-
-
-def check_storage_url(url: str) -> str:
-    """The SQLAlchemy URL Optuna should use for ``url``; a ConfigError for anything but SQLite/PostgreSQL."""
-    scheme = url.split(":", 1)[0].lower() if "://" in url else ""
-    dialect, _, driver = scheme.partition("+")
-    if dialect not in STORAGE_SCHEMES:
-        raise ConfigError(f"unsupported study storage '{url}'; use sqlite:///PATH/study.db or "
-                          "postgresql://USER:PASSWORD@HOST:PORT/DATABASE.")
-    if dialect == "sqlite":
-        if not url.startswith("sqlite:///") or url == "sqlite:///":
-            raise ConfigError(f"a SQLite storage URL needs a file path, e.g. sqlite:///sweep/study.db; got '{url}'.")
-        return url
-    rest = url.split("://", 1)[1]
-    if not driver:
-        driver = _postgres_driver()
-    return f"postgresql+{driver}://{rest}"
-
-
-def _postgres_driver() -> str:
-    try:
-        import psycopg  # noqa: F401
-
-        return "psycopg"
-    except ImportError:
-        pass
-    try:
-        import psycopg2  # noqa: F401
-
-        return "psycopg2"
-    except ImportError:
-        raise ConfigError("a PostgreSQL storage needs a driver; install it with: pip install 'betavae[postgres]'.") from None
 
 
 def default_workers_threads(workers: int) -> int:

@@ -34,7 +34,8 @@ from typing import Any, Iterator, TextIO
 from betavae.errors import BetaVAEError, ConfigError
 from betavae.sweep.progress import (TrialPhase, describe, format_duration, phase_of, publish_phase,
                                     seconds_left, training_seconds_left)
-from betavae.sweep.spec import SweepSpec, check_storage_url
+from betavae.sweep.spec import SweepSpec
+from betavae.sweep.storage import check_storage_url, redact_text, redact_url
 
 HOST = socket.gethostname()
 #: Study attribute holding the sweep's definition; a run with other settings must use another study.
@@ -75,14 +76,22 @@ def open_study(spec: SweepSpec) -> Any:
     else:
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
         engine_kwargs["pool_pre_ping"] = True
+    shown = redact_url(spec.storage_url)
     for attempt in range(4):
         try:
             return _open(optuna, spec, url, engine_kwargs)
         except SQLAlchemyError as exc:
             # workers starting together race to create Optuna's tables and version row; one loses once
             if attempt == 3:
-                raise BetaVAEError(f"cannot use the study storage {_safe_url(spec.storage_url)}: {_one_line(exc)}") from None
+                raise BetaVAEError(f"cannot use the study storage {shown}: "
+                                   f"{redact_text(_one_line(exc), spec.storage_url)}") from None
             time.sleep(0.5 + 0.5 * attempt)
+        except BetaVAEError:
+            raise
+        except (ImportError, ValueError, RuntimeError) as exc:
+            # a driver that fails to load, a study schema written by another Optuna version, ...
+            raise BetaVAEError(f"cannot use the study storage {shown}: "
+                               f"{redact_text(_one_line(exc), spec.storage_url)}") from None
     raise AssertionError("unreachable")
 
 
@@ -112,7 +121,7 @@ def _open(optuna: Any, spec: SweepSpec, url: str, engine_kwargs: dict[str, Any])
         elif saved != wanted:
             diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
             raise ConfigError(
-                f"study '{spec.name}' in {_safe_url(spec.storage_url)} was started with other settings "
+                f"study '{spec.name}' in {redact_url(spec.storage_url)} was started with other settings "
                 f"({', '.join(diff)} differ); run the same command as before, or use another --out / --study-name."
             )
     return study
@@ -126,16 +135,6 @@ def _wait_for_attr(study: Any, name: str, seconds: float = 10.0) -> Any:
         if value is not None or time.monotonic() > deadline:
             return value
         time.sleep(0.2)
-
-
-def _safe_url(url: str) -> str:
-    """``url`` without its password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        credentials, host = rest.rsplit("@", 1)
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
-    return url
 
 
 def grid_point(trial: Any) -> tuple[float, int] | None:

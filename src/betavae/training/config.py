@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from betavae.checks import check_input_path, check_output_path, check_seed, shown
 from betavae.data import DATASETS, IMAGE_SIZES
 from betavae.errors import CheckpointError, ConfigError
 from betavae.files import write_json_atomic
 from betavae.models import ARCHITECTURES
 from betavae.objectives import ESTIMATORS, LIKELIHOODS, OBJECTIVES, SCHEDULES
+from betavae.training.memory import check_memory
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("off", "on", "cudagraphs")
 LR_SCHEDULES = ("constant", "cosine")
+MAX_CUDA_INDEX = 127  # torch holds a device index in 8 bits: cuda:128 would wrap to cuda:-128
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -153,12 +157,11 @@ class TrainConfig:
         if self.batch_size < OBJECTIVES[self.objective].min_batch_size:
             raise ConfigError(f"objective {self.objective} estimates batch statistics and needs --batch-size of at least "
                               f"{OBJECTIVES[self.objective].min_batch_size}, got {self.batch_size}.")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be a whole number >= 0, got {self.seed!r}.")
-        if self.device != "auto" and self.device != "cpu" and not (
-            self.device == "cuda" or (self.device.startswith("cuda:") and self.device[5:].isdigit())
-        ):
-            raise ConfigError(f"unknown device '{self.device}'; use auto, cpu, cuda or cuda:N.")
+        check_seed(self.seed)
+        index = re.fullmatch(r"cuda:([0-9]{1,4})", self.device)
+        if self.device not in ("auto", "cpu", "cuda") and not (index and int(index[1]) <= MAX_CUDA_INDEX):
+            raise ConfigError(f"unknown device '{shown(self.device)}'; use auto, cpu, cuda or cuda:N "
+                              f"(N a device number from 0 to {MAX_CUDA_INDEX}).")
         if self.time_limit is not None and not (math.isfinite(self.time_limit) and self.time_limit > 0):
             raise ConfigError(f"time_limit must be a number of minutes > 0, got {self.time_limit!r}.")
         if self.width is not None:
@@ -177,7 +180,17 @@ class TrainConfig:
         if self.compile == "cudagraphs" and self.device == "cpu":
             raise ConfigError("--compile cudagraphs captures CUDA graphs and needs a CUDA device, but --device is cpu; "
                               "use --compile on (or off) on the CPU.")
+        check_output_path(self.run_dir(), "--out")
+        check_memory(self.arch, self.latents, self.batch_size, self.smallest_image_shape(), self.width, self.device,
+                     self.precision)
         return self
+
+    def smallest_image_shape(self) -> tuple[int, int, int]:
+        """The images' shape ``(C, H, W)`` for a named dataset; for ``--data``, the smallest it can be."""
+        if not self.data:
+            return DATASETS[self.dataset]().image_shape
+        size = self.image_size or min(IMAGE_SIZES)
+        return (1, size, size)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,9 +213,14 @@ class TrainConfig:
     def load(cls, run_dir: str | Path) -> "TrainConfig":
         """The config saved in ``run_dir/config.json`` (or a config file path)."""
         path = Path(run_dir)
-        path = path / "config.json" if path.is_dir() else path
-        if not path.is_file():
-            raise CheckpointError(f"{path} does not exist; is {run_dir} a betavae run directory?")
+        try:
+            path = path / "config.json" if path.is_dir() else path
+            found = path.is_file()
+        except OSError as exc:  # a name longer than the file system allows, a folder it may not read
+            raise CheckpointError(f"cannot read {shown(run_dir, 200)}: {exc.strerror or exc}; is it a betavae run "
+                                  "directory?") from None
+        if not found:
+            raise CheckpointError(f"{shown(path, 200)} does not exist; is {shown(run_dir, 200)} a betavae run directory?")
         try:
             values = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
@@ -246,6 +264,9 @@ def _validate_data(config: TrainConfig) -> None:
     if config.factors is not None and Path(config.factors).suffix.lower() != ".csv":
         raise ConfigError(f"--factors must be a .csv file, got {config.factors}; a .npz can carry its labels "
                           "as a 'factors' array instead.")
+    for name in ("data", "factors"):
+        if getattr(config, name) is not None:
+            check_input_path(getattr(config, name), f"--{name}")
     for name in ("allow_subset", "skip_bad"):
         if getattr(config, name) and not config.data:
             raise ConfigError(f"--{name.replace('_', '-')} applies only to --data; drop it or pass --data PATH.")
