@@ -14,9 +14,10 @@ import torch
 from betavae.errors import ConfigError
 from betavae.metrics.base import DEFAULT_BATCH_SIZE
 from betavae.metrics.evaluate import evaluate_with_details
+from betavae.training import rundir
+from betavae.training.rundir import EVALUATION_FILE
 
 REPRESENTATIONS = ("mean", "sampled")
-EVALUATION_FILE = "evaluation.json"
 
 
 class VAEEncoder:
@@ -98,11 +99,19 @@ def evaluate_run(run_dir: str | Path, metrics: str | Iterable[str] = "all", seed
     run_dir = Path(run_dir)
     refuse_writes(run_dir, "evaluate")  # its evaluation.json is what it ships with
     config = TrainConfig.load(run_dir)
-    model = betavae.load(run_dir)
-    dataset = dataset_from_config(config)  # the run's own data, factors included
-    encode = encoder_fn(model, representation, batch_size, torch.Generator().manual_seed(int(seed)))
-    details = evaluate_with_details(encode, dataset, metrics, seed, batch_size=batch_size, params=params)
-    record: dict[str, Any] = {
+    with rundir.lock(run_dir):  # refused while the run trains (or is evaluated) elsewhere
+        model = betavae.load(run_dir)
+        dataset = dataset_from_config(config)  # the run's own data, factors included
+        encode = encoder_fn(model, representation, batch_size, torch.Generator().manual_seed(int(seed)))
+        details = evaluate_with_details(encode, dataset, metrics, seed, batch_size=batch_size, params=params)
+        record = _record(run_dir, config, dataset, seed, representation, details)
+        write_json_atomic(run_dir / EVALUATION_FILE, record)
+    return record
+
+
+def _record(run_dir: Path, config: Any, dataset: Any, seed: int, representation: str, details: Any) -> dict[str, Any]:
+    """The evaluation.json record of ``details``."""
+    return {
         "run_dir": str(run_dir),
         "dataset": getattr(dataset, "name", config.data or config.dataset),
         "seed": int(seed),
@@ -122,8 +131,6 @@ def evaluate_run(run_dir: str | Path, metrics: str | Iterable[str] = "all", seed
             for name, values in details.values.items()
         },
     }
-    write_json_atomic(run_dir / EVALUATION_FILE, record)
-    return record
 
 
 def _values(results: Mapping[str, Any]) -> dict[str, Mapping[str, float]]:

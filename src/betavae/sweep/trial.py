@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from betavae.sweep.spec import SweepSpec
+from betavae.training.rundir import CONFIG_FILE, DIAGNOSIS_FILE, MODEL_FILE
 
 
 def encode_array(array: np.ndarray) -> dict[str, Any]:
@@ -81,7 +82,6 @@ def run_trials(spec: SweepSpec, points: list[tuple[float, int]],
     trial's outcome and does not stop the others.
     """
     import betavae
-    from betavae.training.loop import MODEL_FILE
     from betavae.training.parallel import train_group
 
     configs = [spec.trial_config(weight, seed) for weight, seed in points]
@@ -111,7 +111,7 @@ def run_trials(spec: SweepSpec, points: list[tuple[float, int]],
             try:
                 if (run_dir / MODEL_FILE).is_file():
                     print(f"betavae sweep: {run_dir} already trained; evaluating it", file=stream)
-                elif (run_dir / "config.json").is_file():
+                elif (run_dir / CONFIG_FILE).is_file():
                     print(f"betavae sweep: resuming {run_dir} from its newest checkpoint", file=stream)
                     betavae.resume(run_dir, stream=stream)
                 else:
@@ -135,7 +135,7 @@ def evaluate_trial(spec: SweepSpec, run_dir: Path) -> dict[str, Any]:
     from betavae.metrics import evaluate_run
 
     evaluation = evaluate_run(run_dir, metrics=spec.metrics, seed=spec.eval_seed, params=spec.metric_params())
-    diagnosis = json.loads((run_dir / "diagnosis.json").read_text())
+    diagnosis = json.loads((run_dir / DIAGNOSIS_FILE).read_text())
     mu, kl = udr_codes(run_dir, spec)
     return {
         "run_dir": str(run_dir),

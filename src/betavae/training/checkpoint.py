@@ -23,8 +23,8 @@ from safetensors.torch import load_file, save
 
 from betavae.errors import CheckpointError, TrainingError
 from betavae.files import write_bytes_atomic, write_json_atomic
+from betavae.training.rundir import CHECKPOINT_DIR, STATE_FILE, TENSORS_FILE
 
-CHECKPOINT_DIR = "checkpoints"
 FORMAT_VERSION = 1
 
 
@@ -74,8 +74,8 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int =
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten_state(state, tensors)
     try:
-        write_bytes_atomic(tmp / "tensors.safetensors", save(tensors))
-        write_json_atomic(tmp / "state.json", {"format": FORMAT_VERSION, "step": step, "state": skeleton})
+        write_bytes_atomic(tmp / TENSORS_FILE, save(tensors))
+        write_json_atomic(tmp / STATE_FILE, {"format": FORMAT_VERSION, "step": step, "state": skeleton})
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         previous = list_checkpoints(run_dir)
@@ -103,9 +103,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """The state saved by :func:`save_checkpoint` in ``path``, validated."""
     path = Path(path)
-    state_path, tensor_path = path / "state.json", path / "tensors.safetensors"
+    state_path, tensor_path = path / STATE_FILE, path / TENSORS_FILE
     if not state_path.is_file() or not tensor_path.is_file():
-        raise CheckpointError(f"{path} is not a betavae checkpoint (state.json and tensors.safetensors expected).")
+        raise CheckpointError(f"{path} is not a betavae checkpoint ({STATE_FILE} and {TENSORS_FILE} expected).")
     try:
         meta = json.loads(state_path.read_text())
     except (OSError, ValueError) as exc:

@@ -21,6 +21,8 @@ from betavae.models import ARCHITECTURES
 from betavae.objectives import ESTIMATORS, LIKELIHOODS, OBJECTIVES, SCHEDULES
 
 
+#: The config's file in a run directory (betavae.training.rundir names the others).
+CONFIG_FILE = "config.json"
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("off", "on", "cudagraphs")
 LR_SCHEDULES = ("constant", "cosine")
@@ -200,7 +202,7 @@ class TrainConfig:
     def load(cls, run_dir: str | Path) -> "TrainConfig":
         """The config saved in ``run_dir/config.json`` (or a config file path)."""
         path = Path(run_dir)
-        path = path / "config.json" if path.is_dir() else path
+        path = path / CONFIG_FILE if path.is_dir() else path
         if not path.is_file():
             raise CheckpointError(f"{path} does not exist; is {run_dir} a betavae run directory?")
         try:

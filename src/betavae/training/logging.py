@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from betavae.files import write_atomic
-
-METRICS_FILE = "metrics.jsonl"
+from betavae.training.rundir import METRICS_FILE, TENSORBOARD_DIR
 
 
 def truncate_metrics(run_dir: Path, last_step: int) -> None:
@@ -64,7 +63,7 @@ class TrainingLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step or None)
+            self._writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=start_step or None)
         self._bar = None
         if self.stream.isatty():
             from tqdm import tqdm

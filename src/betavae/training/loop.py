@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,13 +34,12 @@ from betavae.models.architectures import check_image_shape
 from betavae.models.vae import VAEOutput
 from betavae.objectives import build_objective
 from betavae.training.checkpoint import list_checkpoints, load_checkpoint, load_module_state, load_tensors, save_checkpoint
-from betavae.training.config import TrainConfig
-from betavae.training import distributed
+from betavae.training.config import CONFIG_FILE, TrainConfig
+from betavae.training import distributed, rundir
 from betavae.training.diagnostics import diagnose, format_diagnosis, reconstruction_baseline
 from betavae.training.distributed import Distributed
 from betavae.training.logging import TrainingLog, read_metrics, truncate_metrics
-
-MODEL_FILE = "model.safetensors"
+from betavae.training.rundir import DIAGNOSIS_FILE, MODEL_FILE
 
 
 def resolve_device(name: str, dist: Distributed = distributed.SINGLE) -> torch.device:
@@ -141,25 +139,6 @@ class _Silent:
         pass
 
 
-def prepare_run_dir(config: TrainConfig) -> Path:
-    """Create the run directory; refuse to touch an existing one unless it is a run and overwrite is set."""
-    run_dir = config.run_dir()
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        if not config.overwrite:
-            raise ConfigError(
-                f"run directory {run_dir} already exists; choose another --out, resume it with "
-                f"'betavae train --resume {run_dir}', or pass --overwrite to replace it."
-            )
-        if not (run_dir / "config.json").is_file():
-            raise ConfigError(
-                f"{run_dir} exists and is not a betavae run directory (no config.json); betavae will not "
-                "delete it even with --overwrite. Choose another --out."
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 def train(config: TrainConfig, stream: TextIO | None = None) -> Path:
     """Train a model as ``config`` says; returns the run directory.
 
@@ -170,14 +149,10 @@ def train(config: TrainConfig, stream: TextIO | None = None) -> Path:
     with distributed.process_group(dist, device):
         # Bad data is reported before the run directory is made; process 0 fills a dataset cache first.
         dataset = distributed.agree(dist, lambda: _checked_dataset(config), main_first=True)
-
-        def make_run_dir() -> Path:
-            run_dir = prepare_run_dir(config)
-            config.save(run_dir / "config.json")
-            return run_dir
-
-        run_dir = distributed.agree(dist, make_run_dir, main_only=True)
-        return _train(config, run_dir, dataset, None, stream, dist, device)
+        with contextlib.ExitStack() as held:  # process 0 holds the run directory's lock until the end
+            run_dir = distributed.agree(dist, lambda: held.enter_context(rundir.create(config)).run_dir,
+                                        main_only=True)
+            return _train(config, run_dir, dataset, None, stream, dist, device)
 
 
 def _checked_dataset(config: TrainConfig) -> ImageDataset:
@@ -198,10 +173,7 @@ def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None 
     Under torchrun every process reads the run directory (on several machines it must be on a
     filesystem they all see); a checkpoint continues with any number of processes.
     """
-    from betavae.reference import refuse_writes
-
     run_dir = Path(run_dir)
-    refuse_writes(run_dir, "train")
     config = TrainConfig.load(run_dir)
     if steps is not None:
         config.steps = steps
@@ -209,7 +181,9 @@ def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None 
         config.time_limit = time_limit
     config.validate()
     dist, device = _setup(config)
-    with distributed.process_group(dist, device):
+    with distributed.process_group(dist, device), contextlib.ExitStack() as held:
+        # process 0 holds the lock from before the checkpoints are read until the run is finished
+        distributed.agree(dist, lambda: held.enter_context(rundir.open_existing(run_dir)).run_dir, main_only=True)
 
         def newest_checkpoint() -> dict[str, Any] | None:
             for path in reversed(list_checkpoints(run_dir)):  # the newest intact one
@@ -227,7 +201,7 @@ def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None 
                 f"{run_dir} already reached step {state['step']} of {config.steps}; pass a larger --steps to train further."
             )
         if steps is not None or time_limit is not None:
-            distributed.agree(dist, lambda: config.save(run_dir / "config.json"), main_only=True)
+            distributed.agree(dist, lambda: config.save(run_dir / CONFIG_FILE), main_only=True)
         dataset = distributed.agree(dist, lambda: dataset_from_config(config), main_first=True)
         # No checkpoint yet (killed early): start again from step 0 in the same directory.
         return _train(config, run_dir, dataset, state, stream, dist, device)
@@ -374,7 +348,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     if not history:
         raise TrainingError(f"no training step of {run_dir} succeeded, so there is nothing to diagnose; lower --lr.")
     diagnosis = diagnose(history[-1], objective.weight_label(), config.collapse_threshold, baseline, len(dataset))
-    write_json_atomic(run_dir / "diagnosis.json", diagnosis)
+    write_json_atomic(run_dir / DIAGNOSIS_FILE, diagnosis)
     log.message("betavae: diagnosis\n" + format_diagnosis(diagnosis))
     if config.figures:
         from betavae.report.figures import make_figures

@@ -51,9 +51,10 @@ from betavae.training.checkpoint import list_checkpoints, save_checkpoint
 from betavae.training.config import TrainConfig
 from betavae.training.diagnostics import diagnose, format_diagnosis, reconstruction_baseline
 from betavae.training.logging import TrainingLog, read_metrics, truncate_metrics
-from betavae.training import distributed
-from betavae.training.loop import (MODEL_FILE, TrainingForward, load_optimizer_state, log_record, make_adam,
-                                   prepare_run_dir, resolve_device, resolve_precision, save_model)
+from betavae.training import distributed, rundir
+from betavae.training.loop import (TrainingForward, load_optimizer_state, log_record, make_adam, resolve_device,
+                                   resolve_precision, save_model)
+from betavae.training.rundir import DIAGNOSIS_FILE, MODEL_FILE
 
 #: Config fields every member of a group must share: they fix the network, the data, the batch
 #: shape, the one optimizer and when the group stops. Everything else (objective and its weights, likelihood, seed,
@@ -101,14 +102,6 @@ def check_group(configs: Sequence[TrainConfig]) -> None:
         seen[path] = i
 
 
-def _check_run_dir(config: TrainConfig) -> None:
-    """The refusal ``prepare_run_dir`` would raise for ``config``, raised before any directory is made."""
-    run_dir = config.run_dir()
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        if not config.overwrite or not (run_dir / "config.json").is_file():
-            prepare_run_dir(config)  # raises its own message: already exists / not a betavae run
-
-
 def train_many(configs: Sequence[TrainConfig], stream: TextIO | None = None) -> list[Path]:
     """Train every config's model together in one batched computation; their run directories, in order.
 
@@ -150,13 +143,10 @@ def train_group(configs: Sequence[TrainConfig], streams: Sequence[TextIO]) -> li
         raise ConfigError(f"batch size {configs[0].batch_size} exceeds the {len(dataset)} images of the dataset; "
                           "lower --batch-size.")
     for config in configs:
-        _check_run_dir(config)
-    run_dirs = []
-    for config in configs:
-        run_dir = prepare_run_dir(config)
-        config.save(run_dir / "config.json")
-        run_dirs.append(run_dir)
-    return _train_together(configs, run_dirs, dataset, list(streams))
+        rundir.check_new(config)
+    with contextlib.ExitStack() as held:  # every member's lock, held until the group is done
+        run_dirs = [held.enter_context(rundir.create(config)).run_dir for config in configs]
+        return _train_together(configs, run_dirs, dataset, list(streams))
 
 
 class _Stack:
@@ -410,7 +400,7 @@ def _finish(member: _Member, dataset: ImageDataset, spec: dict[str, Any]) -> Pat
         raise TrainingError(f"no training step of {run_dir} succeeded, so there is nothing to diagnose; lower --lr.")
     diagnosis = diagnose(history[-1], member.objective.weight_label(), config.collapse_threshold, member.baseline,
                          len(dataset))
-    write_json_atomic(run_dir / "diagnosis.json", diagnosis)
+    write_json_atomic(run_dir / DIAGNOSIS_FILE, diagnosis)
     log.message("betavae: diagnosis\n" + format_diagnosis(diagnosis))
     if config.figures:
         from betavae.report.figures import make_figures

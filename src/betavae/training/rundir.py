@@ -1,0 +1,247 @@
+"""The run directory: the names of its files, its lock, and how a run directory is made.
+
+A run directory holds::
+
+    config.json                  the run's TrainConfig
+    metrics.jsonl                one record per logging step
+    checkpoints/step-NNNNNNNN/   tensors.safetensors and state.json (betavae.training.checkpoint)
+    model.safetensors            the final weights, written after the last step
+    diagnosis.json               the plain-words diagnosis of the finished run
+    figures/                     traversals, reconstructions, samples and training curves
+    report.html                  betavae report
+    evaluation.json              betavae evaluate
+    tensorboard/                 TensorBoard event files
+    .betavae.lock                the lock of the process writing the run (pid, host, command)
+
+Every process that writes a run directory holds its lock (an exclusive ``flock`` on ``.lock``) for
+as long as it writes, so a second writer (a second ``betavae train --out R``, a ``--resume R``, a
+sweep trial run again) stops with an error naming the holder instead of mixing two runs in one
+directory. The kernel drops the lock when its holder dies, so a killed run never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from betavae.errors import CheckpointError, ConfigError, RunInUseError
+from betavae.reference import INFO_FILE as REFERENCE_FILE
+from betavae.reference import refuse_writes
+from betavae.training.config import CONFIG_FILE, TrainConfig
+
+# CONFIG_FILE and REFERENCE_FILE (a shipped reference model's record) are defined beside the code that
+# reads them and imported here, so this module names every file of a run directory.
+
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+MODEL_FILE = "model.safetensors"
+DIAGNOSIS_FILE = "diagnosis.json"
+FIGURES_DIR = "figures"
+REPORT_FILE = "report.html"
+EVALUATION_FILE = "evaluation.json"
+TENSORBOARD_DIR = "tensorboard"
+LOCK_FILE = ".betavae.lock"
+
+# Inside each checkpoint
+TENSORS_FILE = "tensors.safetensors"
+STATE_FILE = "state.json"
+
+# Inside FIGURES_DIR
+RECONSTRUCTIONS_FIGURE = "reconstructions.png"
+SAMPLES_FIGURE = "samples.png"
+TRAVERSALS_FIGURE = "traversals.png"
+TRAVERSALS_ANIMATION = "traversals.gif"
+TRAINING_CURVES_FIGURE = "training_curves.png"
+FIGURE_FILES = (TRAINING_CURVES_FIGURE, RECONSTRUCTIONS_FIGURE, SAMPLES_FIGURE, TRAVERSALS_FIGURE, TRAVERSALS_ANIMATION)
+
+
+class RunLock:
+    """This thread's hold on a run directory's lock; :meth:`release` (or leaving ``with``) lets it go.
+
+    Taken again by the thread that holds it (the training loop drawing figures, then the report), it
+    is shared and let go by the last release; any other thread or process is refused.
+    """
+
+    def __init__(self, run_dir: Path, key: tuple[Path, int], fd: int):
+        self.run_dir = run_dir
+        self._key = key
+        self._fd = fd
+        self._holds = 1
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Let go of this hold; the last one removes the lock file and unlocks."""
+        if self._holds == 0:
+            return
+        self._holds -= 1
+        if self._holds:
+            return
+        with _HELD_GUARD:
+            _HELD.pop(self._key, None)
+        path = self.run_dir / LOCK_FILE
+        try:  # removed while still locked: a process waiting on this file sees it is gone and starts over
+            if os.path.samestat(os.fstat(self._fd), os.stat(path)):
+                path.unlink()
+        except OSError:
+            pass  # the directory went away or became read-only; the lock goes with the descriptor
+        os.close(self._fd)
+
+
+_HELD: dict[tuple[Path, int], RunLock] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def lock(run_dir: str | Path) -> RunLock:
+    """Take the lock of ``run_dir`` (an existing directory) for writing; :class:`RunInUseError` if another holds it."""
+    run_dir = Path(run_dir)
+    key = (run_dir.resolve(), threading.get_ident())
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held is not None:
+            held._holds += 1
+            return held
+    path = run_dir / LOCK_FILE
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"cannot lock run directory {run_dir} for writing: {exc.strerror or exc} "
+                              f"({path}). Check that it is a directory you may write.") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            error = _in_use(run_dir, fd)
+            os.close(fd)
+            raise error from None
+        try:  # the holder we waited on may have removed the file after we opened it: lock the new one
+            current = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(os.fstat(fd), current):
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(_holder()) + "\n").encode())
+    except OSError:
+        pass  # the lock holds without its description (a full disk); a second writer is still refused
+    held = RunLock(run_dir, key, fd)
+    with _HELD_GUARD:
+        _HELD[key] = held
+    return held
+
+
+def _holder() -> dict[str, Any]:
+    """This process, as a second writer is told about it."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith((os.path.join("betavae", "__main__.py"), os.sep + "betavae")):
+        argv[0] = "betavae"
+    command = shlex.join(argv) if argv and argv[0] else "python"
+    return {"pid": os.getpid(), "host": socket.gethostname(), "command": command[:300],
+            "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
+def _probe(run_dir: Path) -> None:
+    """Raise :class:`RunInUseError` if a process holds the lock of ``run_dir``; writes nothing."""
+    with _HELD_GUARD:
+        if (run_dir.resolve(), threading.get_ident()) in _HELD:
+            return  # this thread's own lock
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return  # no lock file: no writer (every writer makes one)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _in_use(run_dir, fd) from None
+    finally:
+        os.close(fd)
+
+
+def _in_use(run_dir: Path, fd: int) -> RunInUseError:
+    """The error for a run whose lock (open as ``fd``) another holds, naming the holder."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode())
+        holder = f"pid {int(info['pid'])} ({info['command']}, on {info['host']} since {info['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        holder = "another process (it has not said which yet)"
+    return RunInUseError(f"run directory {run_dir} is in use by {holder}; wait for it to finish (or stop it), "
+                         "then try again.")
+
+
+def check_new(config: TrainConfig) -> None:
+    """Raise what :func:`create` would raise about the directory of ``config``, writing nothing."""
+    _check_existing(config.run_dir(), config.overwrite)
+
+
+def _check_existing(run_dir: Path, overwrite: bool) -> None:
+    _probe(run_dir)  # a writer at work is named, rather than "already exists"
+    entries = [p for p in run_dir.iterdir() if p.name != LOCK_FILE] if run_dir.is_dir() else []
+    if run_dir.exists() and (not run_dir.is_dir() or entries):
+        if not overwrite:
+            raise ConfigError(
+                f"run directory {run_dir} already exists; choose another --out, resume it with "
+                f"'betavae train --resume {run_dir}', or pass --overwrite to replace it."
+            )
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise ConfigError(
+                f"{run_dir} exists and is not a betavae run directory (no {CONFIG_FILE}); betavae will not "
+                "delete it even with --overwrite. Choose another --out."
+            )
+
+
+def create(config: TrainConfig) -> RunLock:
+    """Make the run directory of a new run and write its config; returns the lock, held until released.
+
+    An existing directory is refused, or replaced with ``overwrite`` when it is a betavae run.
+    """
+    run_dir = config.run_dir()
+    _check_existing(run_dir, config.overwrite)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror or exc}. "
+                          "Choose another --out.") from exc
+    held = lock(run_dir)
+    try:
+        _check_existing(run_dir, config.overwrite)  # again, now that no other writer can start
+        _empty(run_dir)
+        config.save(run_dir / CONFIG_FILE)
+    except BaseException:
+        held.release()
+        raise
+    return held
+
+
+def _empty(run_dir: Path) -> None:
+    """Remove what an earlier run left (``overwrite``); the config goes last, so a kill leaves a run."""
+    for entry in sorted(run_dir.iterdir(), key=lambda p: p.name == CONFIG_FILE):
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def open_existing(run_dir: str | Path) -> RunLock:
+    """Lock an existing run directory for writing (to resume it); refuses anything but a betavae run."""
+    run_dir = Path(run_dir)
+    refuse_writes(run_dir, "train")
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{run_dir / CONFIG_FILE} does not exist; is {run_dir} a betavae run directory?")
+    return lock(run_dir)
