@@ -7,9 +7,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
+
+
+# ".NAME.PID.tmp" (write_atomic) and ".STEM.PID.tmpSUFFIX" (atomic_output): left behind only by a kill.
+_TEMPORARY = re.compile(r"\..+\.\d+\.tmp(\.\w+)?")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is that of a temporary file these functions write (and rename or remove)."""
+    return _TEMPORARY.fullmatch(name) is not None
 
 
 def write_atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:

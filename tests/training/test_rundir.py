@@ -121,3 +121,80 @@ def test_train_then_resume_at_once_stops_the_second_with_exit_code_2(small_npy, 
     finally:
         first.kill()
         first.wait()
+
+
+def _train_cli(data, out, *extra):
+    from betavae.cli import main
+
+    return main(["train", "--data", str(data), "--out", str(out), "--steps", "2", "--batch-size", "16", "--latents", "3",
+                 "--log-every", "1", "--no-figures", *map(str, extra)])
+
+
+def test_overwrite_keeps_a_folder_that_merely_holds_a_config_json(small_npy, tmp_path, capsys):
+    project = tmp_path / "p"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "code.py").write_text("keep me")
+    (project / "config.json").write_text("{}")  # loads and validates: all defaults
+    assert _train_cli(small_npy, project, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"betavae: error: {project} is not a betavae run directory (it holds what betavae does not "
+                          "write: src)")
+    assert (project / "src" / "code.py").read_text() == "keep me"
+    assert (project / "config.json").read_text() == "{}"
+    assert not (project / rundir.LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize("config, reason", [("{not json", "not valid JSON"), ('{"steps": "2"}', "steps must be of type int"),
+                                            ('{"lr": -1}', "lr must be a finite number > 0"), ("[]", "config object")])
+def test_overwrite_keeps_a_run_whose_config_is_not_valid(small_npy, tmp_path, capsys, config, reason):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(config)
+    (run / "metrics.jsonl").write_text("precious\n")
+    assert _train_cli(small_npy, run, "--overwrite") == 2
+    assert reason in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_text() == "precious\n" and (run / "config.json").read_text() == config
+
+
+def test_overwrite_never_goes_through_a_link(small_npy, tmp_path, capsys):
+    run = betavae.train(_config(small_npy, tmp_path / "run", steps=2))
+    files = sorted(p.relative_to(run) for p in run.rglob("*"))
+    link = tmp_path / "link"
+    link.symlink_to(run)
+    assert _train_cli(small_npy, link, "--overwrite") == 2
+    assert "it is a symbolic link" in capsys.readouterr().err
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "photo.png").write_text("keep me")
+    (run / "figures").symlink_to(outside)
+    assert _train_cli(small_npy, run, "--overwrite") == 2
+    assert "it holds what betavae does not write: figures" in capsys.readouterr().err
+    (run / "figures").unlink()
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == files
+    assert (outside / "photo.png").read_text() == "keep me"
+
+
+def test_overwrite_never_replaces_a_shipped_reference_model(small_npy, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from betavae import reference
+
+    shipped = tmp_path / "reference"  # a copy stands in for the installed folder, so no test can harm it
+    shutil.copytree(reference.ROOT / "dsprites-beta4", shipped / "dsprites-beta4")
+    monkeypatch.setattr(reference, "ROOT", shipped)
+    before = sorted(p.relative_to(shipped) for p in shipped.rglob("*"))
+    assert _train_cli(small_npy, shipped / "dsprites-beta4", "--overwrite") == 2
+    assert "is a shipped reference model and is kept as shipped" in capsys.readouterr().err
+    assert sorted(p.relative_to(shipped) for p in shipped.rglob("*")) == before
+
+
+def test_overwrite_replaces_a_run_betavae_wrote(small_npy, tmp_path):
+    run = betavae.train(_config(small_npy, tmp_path / "run", steps=4, figures=True))
+    (run / ".metrics.jsonl.123.tmp").write_text("")  # what kills leave behind
+    (run / "checkpoints" / ".tmp-step-00000006-123").mkdir()
+    (run / "evaluation.json").write_text("{}")
+    betavae.train(_config(small_npy, run, steps=2, seed=1, overwrite=True))
+    assert betavae.TrainConfig.load(run).seed == 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002"]
+    assert not (run / "evaluation.json").exists() and not (run / ".metrics.jsonl.123.tmp").exists()
+    assert [r["step"] for r in read_metrics(run)] == [2]

@@ -25,6 +25,7 @@ import datetime
 import fcntl
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -33,7 +34,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from betavae.errors import CheckpointError, ConfigError, RunInUseError
+from betavae.errors import BetaVAEError, CheckpointError, ConfigError, RunInUseError
+from betavae.files import is_temporary
 from betavae.reference import INFO_FILE as REFERENCE_FILE
 from betavae.reference import refuse_writes
 from betavae.training.config import CONFIG_FILE, TrainConfig
@@ -62,6 +64,12 @@ TRAVERSALS_FIGURE = "traversals.png"
 TRAVERSALS_ANIMATION = "traversals.gif"
 TRAINING_CURVES_FIGURE = "training_curves.png"
 FIGURE_FILES = (TRAINING_CURVES_FIGURE, RECONSTRUCTIONS_FIGURE, SAMPLES_FIGURE, TRAVERSALS_FIGURE, TRAVERSALS_ANIMATION)
+
+# What betavae writes, for --overwrite: it replaces a directory holding nothing else.
+_RUN_FILES = {CONFIG_FILE, METRICS_FILE, MODEL_FILE, DIAGNOSIS_FILE, REPORT_FILE, EVALUATION_FILE, LOCK_FILE,
+              REFERENCE_FILE}
+_CHECKPOINT_NAME = re.compile(r"step-\d{8}|\.tmp-step-\d{8}-\d+")  # complete, or being written
+_TENSORBOARD_EVENTS = "events.out.tfevents."
 
 
 class RunLock:
@@ -197,11 +205,61 @@ def _check_existing(run_dir: Path, overwrite: bool) -> None:
                 f"run directory {run_dir} already exists; choose another --out, resume it with "
                 f"'betavae train --resume {run_dir}', or pass --overwrite to replace it."
             )
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise ConfigError(
-                f"{run_dir} exists and is not a betavae run directory (no {CONFIG_FILE}); betavae will not "
-                "delete it even with --overwrite. Choose another --out."
-            )
+        refuse_writes(run_dir, "train")
+        problem = _not_a_run(run_dir)
+        if problem:
+            raise ConfigError(f"{run_dir} is not a betavae run directory ({problem}); betavae will not delete it "
+                              "even with --overwrite. Choose another --out.")
+
+
+def _not_a_run(run_dir: Path) -> str | None:
+    """Why ``run_dir`` is not provably a run betavae wrote (so --overwrite may not delete it), or None."""
+    if run_dir.is_symlink():
+        return "it is a symbolic link, and betavae replaces no directory through a link"
+    if not run_dir.is_dir():
+        return "it is not a directory"
+    if not (run_dir / CONFIG_FILE).is_file() or (run_dir / CONFIG_FILE).is_symlink():
+        return f"no {CONFIG_FILE}"
+    try:
+        TrainConfig.load(run_dir).validate()
+    except BetaVAEError as exc:
+        return f"its {CONFIG_FILE} is not a valid betavae config: {exc}"
+    foreign = [str(p.relative_to(run_dir)) for p in _foreign_entries(run_dir)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        return f"it holds what betavae does not write: {shown}"
+    return None
+
+
+def _foreign_entries(run_dir: Path) -> list[Path]:
+    """Entries of ``run_dir`` that no betavae run writes (links count: a link is never betavae's)."""
+    foreign = []
+    for entry in sorted(run_dir.iterdir()):
+        name, is_dir = entry.name, entry.is_dir() and not entry.is_symlink()
+        if entry.is_symlink():
+            foreign.append(entry)
+        elif name in _RUN_FILES or is_temporary(name):
+            foreign += [entry] if is_dir else []
+        elif name == CHECKPOINT_DIR and is_dir:
+            for checkpoint in sorted(entry.iterdir()):
+                if not (_CHECKPOINT_NAME.fullmatch(checkpoint.name) and checkpoint.is_dir() and not checkpoint.is_symlink()):
+                    foreign.append(checkpoint)
+                    continue
+                foreign += _unexpected_files(checkpoint, {TENSORS_FILE, STATE_FILE})
+        elif name == FIGURES_DIR and is_dir:
+            foreign += _unexpected_files(entry, set(FIGURE_FILES))
+        elif name == TENSORBOARD_DIR and is_dir:
+            for path in sorted(entry.rglob("*")):
+                if path.is_symlink() or (not path.is_dir() and not path.name.startswith(_TENSORBOARD_EVENTS)):
+                    foreign.append(path)
+        else:
+            foreign.append(entry)
+    return foreign
+
+
+def _unexpected_files(directory: Path, names: set[str]) -> list[Path]:
+    return [p for p in sorted(directory.iterdir())
+            if p.is_symlink() or p.is_dir() or not (p.name in names or is_temporary(p.name))]
 
 
 def create(config: TrainConfig) -> RunLock:
