@@ -185,3 +185,127 @@ def test_resume_skips_a_damaged_newest_checkpoint(small_npy, tmp_path):
     betavae.resume(run, steps=40)
     assert _same_weights(run, reference)
     assert json.loads((run / "config.json").read_text())["steps"] == 40
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, small_images):
+    """A 30-step run with checkpoints at steps 10, 20 and 30, and the same run trained straight to 40 steps."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("finished")
+    data = root / "small.npy"
+    np.save(data, small_images)
+    return (data, betavae.train(_config(data, root / "run", steps=30)),
+            betavae.train(_config(data, root / "reference", steps=40)))
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    return shutil.copytree(run, tmp_path / "run")
+
+
+def _contents(run):
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda p: (p / "tensors.safetensors").write_bytes(b"garbage"), "not a readable safetensors file"),
+    (lambda p: (p / "state.json").write_text('{"format": 2, "step": 1, "state": {}}'),
+     "format 2, written by a newer betavae"),
+])
+def test_resume_refuses_a_run_whose_checkpoints_all_fail_to_load(finished_run, tmp_path, damage, reason, capsys):
+    from betavae.cli import main
+
+    run = _copy(finished_run[1], tmp_path)
+    for checkpoint in list_checkpoints(run):
+        damage(checkpoint)
+    before = _contents(run)
+    assert main(["train", "--resume", str(run), "--steps", "40"]) == 2
+    err = capsys.readouterr().err
+    assert f"betavae: error: {run} has 3 checkpoint(s) and none can be loaded, so it is not resumed" in err
+    assert reason in err and "Traceback" not in err
+    assert _contents(run) == before  # metrics, model and checkpoints as they were
+
+
+def _edit_state(checkpoint, edit):
+    meta = json.loads((checkpoint / "state.json").read_text())
+    edit(meta)
+    (checkpoint / "state.json").write_text(json.dumps(meta))
+
+
+def _drop_entry(name):
+    return lambda meta: meta["state"].update(__dict__=[kv for kv in meta["state"]["__dict__"] if kv[0] != name])
+
+
+@pytest.mark.parametrize("edit", [
+    lambda meta: meta.update(state=5),
+    lambda meta: meta["state"]["__dict__"].append(["step"]),  # a pair missing its value
+    _drop_entry("optimizer"),
+    lambda meta: meta["state"].update(__dict__=[[k, "x" if k == "log_count" else v] for k, v in meta["state"]["__dict__"]]),
+    lambda meta: meta["state"].update(__dict__=[[k, 11 if k == "step" else v] for k, v in meta["state"]["__dict__"]]),
+], ids=["not-an-object", "broken-pair", "no-optimizer", "wrong-type", "wrong-step"])
+def test_a_malformed_newest_state_falls_back_to_an_older_checkpoint(finished_run, tmp_path, edit, capsys):
+    _, finished, reference = finished_run
+    run = _copy(finished, tmp_path)
+    (run / "model.safetensors").unlink()
+    _edit_state(list_checkpoints(run)[-1], edit)
+    betavae.resume(run, steps=40)
+    assert f"skipping damaged checkpoint {list_checkpoints(run)[-1].parent / 'step-00000030'}" in capsys.readouterr().err
+    assert _same_weights(run, reference)
+    assert _metrics_without_timing(run) == _metrics_without_timing(reference)
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"lr": 2e-3, "beta": 8.0}, "beta 4.0 -> 8.0, lr 0.001 -> 0.002"),
+    ({"objective": "tc"}, "objective 'beta' -> 'tc'"),
+    ({"data": "elsewhere.npy"}, "data "),
+])
+def test_resume_refuses_a_changed_config_naming_the_changes(finished_run, tmp_path, changes, named, capsys):
+    from betavae.cli import main
+
+    run = _copy(finished_run[1], tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, **changes}))
+    before = _contents(run)
+    assert main(["train", "--resume", str(run), "--steps", "40"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"betavae: error: {run / 'config.json'} differs from the config its checkpoint of step 30 "
+                          f"was trained with: {named}")
+    assert _contents(run) == before
+
+
+def test_resume_accepts_changes_to_how_a_run_reports_and_saves(finished_run, tmp_path):
+    _, finished, reference = finished_run
+    run = _copy(finished, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "keep_checkpoints": 5, "collapse_threshold": 0.2}))
+    betavae.resume(run, steps=40)
+    assert _same_weights(run, reference)
+    assert len(list_checkpoints(run)) == 4
+
+
+def test_resume_refuses_a_finished_run_without_checkpoints(finished_run, tmp_path):
+    import shutil
+
+    run = _copy(finished_run[1], tmp_path)
+    shutil.rmtree(run / "checkpoints")
+    before = _contents(run)
+    with pytest.raises(CheckpointError, match="holds a final model but no checkpoint"):
+        betavae.resume(run, steps=40)
+    assert _contents(run) == before
+
+
+@pytest.mark.parametrize("command", [["report"], ["evaluate", "--metrics", "mig"], ["traverse"], ["train", "--resume"]])
+def test_a_config_with_wrong_value_types_is_a_clear_error(finished_run, tmp_path, command, capsys):
+    from betavae.cli import main
+    from betavae.report.explorer import Explorer
+
+    run = _copy(finished_run[1], tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "latents": "3"}))
+    assert main([*command, str(run)]) == 2
+    assert capsys.readouterr().err.startswith(f"betavae: error: {run / 'config.json'}: latents must be of type int, "
+                                              "got '3' (str)")
+    with pytest.raises(CheckpointError, match="latents must be of type int"):
+        Explorer(run)

@@ -200,7 +200,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "TrainConfig":
-        """The config saved in ``run_dir/config.json`` (or a config file path)."""
+        """The config saved in ``run_dir/config.json`` (or a config file path), validated."""
         path = Path(run_dir)
         path = path / CONFIG_FILE if path.is_dir() else path
         if not path.is_file():
@@ -212,7 +212,7 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise CheckpointError(f"{path} does not hold a config object.")
         try:
-            return cls.from_dict(values)
+            return cls.from_dict(values).validate()
         except (ConfigError, TypeError) as exc:
             raise CheckpointError(f"{path}: {exc}") from exc
 

@@ -33,7 +33,8 @@ from betavae.models import VAE, is_convolutional, model_from_spec, model_spec
 from betavae.models.architectures import check_image_shape
 from betavae.models.vae import VAEOutput
 from betavae.objectives import build_objective
-from betavae.training.checkpoint import list_checkpoints, load_checkpoint, load_module_state, load_tensors, save_checkpoint
+from betavae.training.checkpoint import (list_checkpoints, load_module_state, load_tensors, newest_training_checkpoint,
+                                         save_checkpoint)
 from betavae.training.config import CONFIG_FILE, TrainConfig
 from betavae.training import distributed, rundir
 from betavae.training.diagnostics import diagnose, format_diagnosis, reconstruction_baseline
@@ -185,16 +186,16 @@ def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None 
         # process 0 holds the lock from before the checkpoints are read until the run is finished
         distributed.agree(dist, lambda: held.enter_context(rundir.open_existing(run_dir)).run_dir, main_only=True)
 
-        def newest_checkpoint() -> dict[str, Any] | None:
-            for path in reversed(list_checkpoints(run_dir)):  # the newest intact one
-                try:
-                    return load_checkpoint(path)
-                except CheckpointError as exc:
-                    if dist.is_main:
-                        print(f"betavae: skipping damaged checkpoint {path}: {exc}", file=stream or sys.stderr)
-            return None
+        def warn(text: str) -> None:
+            if dist.is_main:
+                print(text, file=stream or sys.stderr)
 
-        state = distributed.agree(dist, newest_checkpoint)
+        state = distributed.agree(dist, lambda: newest_training_checkpoint(run_dir, warn))
+        if state is None and (run_dir / MODEL_FILE).exists():
+            raise CheckpointError(f"{run_dir} holds a final model but no checkpoint to continue from, so it is not "
+                                  "resumed (that would start it over); train a new run (another --out) instead.")
+        if state is not None:
+            rundir.check_unchanged(state, config, run_dir)
         finished = state is not None and state["step"] >= config.steps
         if finished and (run_dir / MODEL_FILE).exists():
             raise ConfigError(
@@ -224,16 +225,20 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     trained_before = 0.0  # seconds of training before this call (a resumed run's clock goes on)
     if checkpoint is not None:
         load_module_state(model, checkpoint["model"], run_dir)
-        load_optimizer_state(optimizer, checkpoint["optimizer"])
-        objective.load_state_dict(checkpoint["objective"])
-        objective.load_auxiliary_state(checkpoint["objective_auxiliary"])
-        generator.set_state(checkpoint["generator"])
+        try:
+            load_optimizer_state(optimizer, checkpoint["optimizer"])
+            objective.load_state_dict(checkpoint["objective"])
+            objective.load_auxiliary_state(checkpoint.get("objective_auxiliary"))
+            generator.set_state(checkpoint["generator"])
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+            raise CheckpointError(f"the checkpoint of step {checkpoint['step']} in {run_dir} does not fit this run "
+                                  f"({type(exc).__name__}: {exc}); was it written for another objective?") from exc
         sums = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in checkpoint["log_sums"].items()}
         sums = distributed.local_share(sums, dist)
         sums_count = checkpoint["log_count"]
-        skipped = checkpoint.get("skipped_steps", 0)
+        skipped = checkpoint["skipped_steps"]
         start = checkpoint["step"]
-        trained_before = float(checkpoint.get("elapsed_seconds", 0.0))
+        trained_before = float(checkpoint["elapsed_seconds"])
     # DDP makes every process start from process 0's weights; compiling happens at the first step.
     forward = _compiled(distributed.wrap(TrainingForward(model), dist, device), config.compile)
     local = dist.local_slice(config.batch_size)  # this process's rows of every global batch
@@ -333,6 +338,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
                     "log_count": sums_count,
                     "skipped_steps": skipped,
                     "elapsed_seconds": time.perf_counter() - started,
+                    **rundir.config_record(config),
                 }, keep=config.keep_checkpoints)
             if out_of_time:
                 log.message(f"betavae: stopped at step {done} of {config.steps}: the time limit of "

@@ -351,6 +351,7 @@ def _run_steps(members: list[_Member], stack: _Stack, store: Any, config: TrainC
                     "log_count": member.count,
                     "skipped_steps": 0,
                     "elapsed_seconds": time.perf_counter() - started,
+                    **rundir.config_record(c),
                 }, keep=c.keep_checkpoints)
             if out_of_time:
                 member.log.message(f"betavae: stopped at step {done} of {c.steps}: the time limit of "

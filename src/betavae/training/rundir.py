@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -70,6 +71,40 @@ _RUN_FILES = {CONFIG_FILE, METRICS_FILE, MODEL_FILE, DIAGNOSIS_FILE, REPORT_FILE
               REFERENCE_FILE}
 _CHECKPOINT_NAME = re.compile(r"step-\d{8}|\.tmp-step-\d{8}-\d+")  # complete, or being written
 _TENSORBOARD_EVENTS = "events.out.tfevents."
+
+
+#: Config values a resumed run may change: how long it trains, how it reports and saves, where it runs.
+#: Every other value shapes the model it trains, so a run resumed with another one would be a mix of two.
+RESUMABLE_FIELDS = ("steps", "time_limit", "log_every", "checkpoint_every", "keep_checkpoints", "collapse_threshold",
+                    "skip_nonfinite", "figures", "device", "compile", "out", "overwrite")
+
+
+def config_record(config: TrainConfig) -> dict[str, Any]:
+    """What every checkpoint carries of the config it was trained with: the values, and a hash of those
+    that may not change on resume (a quick check; the values name what changed)."""
+    return {"config": config.to_dict(), "config_sha256": _fingerprint(config.to_dict())}
+
+
+def _fingerprint(values: dict[str, Any]) -> str:
+    fixed = {k: v for k, v in values.items() if k not in RESUMABLE_FIELDS}
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()
+
+
+def check_unchanged(checkpoint: dict[str, Any], config: TrainConfig, run_dir: Path) -> None:
+    """Raise :class:`ConfigError` naming the values of ``config`` that differ from those ``checkpoint`` was
+    trained with (apart from :data:`RESUMABLE_FIELDS`). Checkpoints written before they carried a config pass."""
+    saved = checkpoint.get("config")
+    if not isinstance(saved, dict) or checkpoint.get("config_sha256") == _fingerprint(config.to_dict()):
+        return
+    current = config.to_dict()
+    changed = [f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
+               if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k)]
+    if changed:
+        raise ConfigError(
+            f"{run_dir / CONFIG_FILE} differs from the config its checkpoint of step {checkpoint['step']} was trained "
+            f"with: {', '.join(changed)}. A resumed run keeps its settings (only {', '.join(RESUMABLE_FIELDS[:-2])} "
+            "may change); restore those values, or train a new run (another --out) with the new ones."
+        )
 
 
 class RunLock:
@@ -221,7 +256,7 @@ def _not_a_run(run_dir: Path) -> str | None:
     if not (run_dir / CONFIG_FILE).is_file() or (run_dir / CONFIG_FILE).is_symlink():
         return f"no {CONFIG_FILE}"
     try:
-        TrainConfig.load(run_dir).validate()
+        TrainConfig.load(run_dir)
     except BetaVAEError as exc:
         return f"its {CONFIG_FILE} is not a valid betavae config: {exc}"
     foreign = [str(p.relative_to(run_dir)) for p in _foreign_entries(run_dir)]
