@@ -309,3 +309,106 @@ def test_a_config_with_wrong_value_types_is_a_clear_error(finished_run, tmp_path
                                               "got '3' (str)")
     with pytest.raises(CheckpointError, match="latents must be of type int"):
         Explorer(run)
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a failed write() raises it: no file name
+
+
+def test_full_disk_at_the_final_model_names_the_last_checkpoint_and_resume_finishes(finished_run, tmp_path,
+                                                                                   monkeypatch, capsys):
+    import betavae.training.loop as loop
+    from betavae.cli import main
+
+    data, _, reference = finished_run
+    run = tmp_path / "run"
+    monkeypatch.setattr(loop, "write_bytes_atomic", _no_space)
+    args = ["train", "--data", data, "--out", run, "--steps", 40, "--batch-size", 16, "--latents", 3, "--lr", 1e-3,
+            "--log-every", 5, "--checkpoint-every", 10, "--no-figures"]
+    assert main(list(map(str, args))) == 2
+    err = capsys.readouterr().err
+    assert f"betavae: error: could not write {run} (No space left on device); the last good checkpoint, " \
+           f"{run / 'checkpoints' / 'step-00000040'}, is intact. Free disk space" in err
+    assert "Traceback" not in err and not (run / "model.safetensors").exists()
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run)]) == 0  # finishes from the final checkpoint, training no step
+    assert _same_weights(run, reference)
+    assert _metrics_without_timing(run) == _metrics_without_timing(reference)
+
+
+def test_full_disk_while_drawing_figures_keeps_every_earlier_file(finished_run, tmp_path, monkeypatch):
+    import contextlib
+
+    import betavae.report.figures as figures
+
+    data, finished, _ = finished_run
+    run = _copy(finished, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "figures": True}))  # a value a resume may change
+    old_model = (run / "model.safetensors").read_bytes()
+    real = figures.atomic_output
+
+    @contextlib.contextmanager
+    def failing(path):
+        if path.name == "traversals.gif":
+            _no_space()
+        with real(path) as tmp:
+            yield tmp
+
+    monkeypatch.setattr(figures, "atomic_output", failing)
+    with pytest.raises(TrainingError, match=r"could not write .*No space left on device.*step-00000040, is intact"):
+        betavae.resume(run, steps=40)  # trains further, then the disk fills
+    assert (run / "model.safetensors").read_bytes() == old_model  # the step-30 model, not lost
+    assert (run / "figures" / "reconstructions.png").exists()
+    monkeypatch.undo()
+    betavae.resume(run)  # finishes: figures, then the step-40 model
+    assert (run / "figures" / "traversals.gif").exists() and (run / "report.html").exists()
+    assert _same_weights(run, finished_run[2])
+    with pytest.raises(betavae.errors.ConfigError, match="already reached step 40 of 40"):
+        betavae.resume(run)
+
+
+def test_full_disk_while_logging_stops_cleanly_and_resumes_to_the_same_result(finished_run, tmp_path, monkeypatch):
+    from betavae.training.logging import TrainingLog
+
+    data, _, reference = finished_run
+    real = TrainingLog.write
+
+    def write(self, record):
+        if record["step"] == 25:
+            _no_space()
+        real(self, record)
+
+    monkeypatch.setattr(TrainingLog, "write", write)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"No space left on device\); the last good checkpoint, .*step-00000020, "
+                                            "is intact"):
+        betavae.train(_config(data, run))
+    monkeypatch.undo()
+    betavae.resume(run)
+    assert _same_weights(run, reference)
+    assert _metrics_without_timing(run) == _metrics_without_timing(reference)
+
+
+def test_directories_are_synced_after_every_rename(tmp_path, monkeypatch):
+    from betavae.files import write_json_atomic
+    from betavae.training.checkpoint import save_checkpoint
+
+    events = []
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+
+    def fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if os.path.isdir(path):
+            events.append(("sync", path))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("rename", os.path.dirname(b))), real_replace(a, b)))
+    monkeypatch.setattr(os, "rename", lambda a, b: (events.append(("rename", os.path.dirname(b))), real_rename(a, b)))
+    write_json_atomic(tmp_path / "a.json", {"x": 1})
+    save_checkpoint(tmp_path, 1, {"step": 1, "w": torch.ones(2)})
+    renames = [i for i, (kind, _) in enumerate(events) if kind == "rename"]
+    assert len(renames) == 4  # a.json, the checkpoint's two files, the checkpoint itself
+    for i in renames:
+        assert events[i + 1] == ("sync", events[i][1])

@@ -22,8 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from betavae.errors import CheckpointError, TrainingError
-from betavae.files import write_bytes_atomic, write_json_atomic
-from betavae.training.rundir import CHECKPOINT_DIR, STATE_FILE, TENSORS_FILE
+from betavae.files import fsync_dir, write_bytes_atomic, write_json_atomic
+from betavae.training.rundir import CHECKPOINT_DIR, STATE_FILE, TENSORS_FILE, list_checkpoints
 
 FORMAT_VERSION = 1
 
@@ -72,7 +72,9 @@ def _unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
     """Write ``state`` as the checkpoint for ``step`` atomically; prune all but the newest ``keep``."""
     root = Path(run_dir) / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.is_dir():
+        root.mkdir(parents=True)
+        fsync_dir(root.parent)
     final = root / f"step-{step:08d}"
     for stale in root.glob(".tmp-step-*"):  # left by a run killed while writing
         shutil.rmtree(stale, ignore_errors=True)
@@ -94,17 +96,10 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int =
     if final.exists():  # an older checkpoint of the same step (a resumed run re-reaching it)
         shutil.rmtree(final)
     os.rename(tmp, final)
+    fsync_dir(root)  # the rename is durable: a power cut cannot take the newest checkpoint back
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoint directories of a run, oldest first."""
-    root = Path(run_dir) / CHECKPOINT_DIR
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import nn
 
@@ -153,7 +153,8 @@ def train(config: TrainConfig, stream: TextIO | None = None) -> Path:
         with contextlib.ExitStack() as held:  # process 0 holds the run directory's lock until the end
             run_dir = distributed.agree(dist, lambda: held.enter_context(rundir.create(config)).run_dir,
                                         main_only=True)
-            return _train(config, run_dir, dataset, None, stream, dist, device)
+            with rundir.explaining_write_errors(run_dir):
+                return _train(config, run_dir, dataset, None, stream, dist, device)
 
 
 def _checked_dataset(config: TrainConfig) -> ImageDataset:
@@ -191,21 +192,25 @@ def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None 
                 print(text, file=stream or sys.stderr)
 
         state = distributed.agree(dist, lambda: newest_training_checkpoint(run_dir, warn))
-        if state is None and (run_dir / MODEL_FILE).exists():
+        model_file = run_dir / MODEL_FILE
+        if state is None and model_file.exists():
             raise CheckpointError(f"{run_dir} holds a final model but no checkpoint to continue from, so it is not "
                                   "resumed (that would start it over); train a new run (another --out) instead.")
         if state is not None:
             rundir.check_unchanged(state, config, run_dir)
-        finished = state is not None and state["step"] >= config.steps
-        if finished and (run_dir / MODEL_FILE).exists():
+        # finished: its model is of its newest checkpoint (a model of an earlier step: trained further since)
+        finished = state is not None and state["step"] >= config.steps and model_file.exists() and \
+            model_step(model_file) in (None, state["step"])
+        if finished:
             raise ConfigError(
                 f"{run_dir} already reached step {state['step']} of {config.steps}; pass a larger --steps to train further."
             )
-        if steps is not None or time_limit is not None:
-            distributed.agree(dist, lambda: config.save(run_dir / CONFIG_FILE), main_only=True)
         dataset = distributed.agree(dist, lambda: dataset_from_config(config), main_first=True)
-        # No checkpoint yet (killed early): start again from step 0 in the same directory.
-        return _train(config, run_dir, dataset, state, stream, dist, device)
+        with rundir.explaining_write_errors(run_dir):
+            if steps is not None or time_limit is not None:
+                distributed.agree(dist, lambda: config.save(run_dir / CONFIG_FILE), main_only=True)
+            # No checkpoint yet (killed early): start again from step 0 in the same directory.
+            return _train(config, run_dir, dataset, state, stream, dist, device)
 
 
 def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint: dict[str, Any] | None,
@@ -349,11 +354,22 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
 
     if not dist.is_main:
         return run_dir
-    save_model(run_dir / MODEL_FILE, model, spec)
+    return finish(run_dir, config, model, spec, dataset, objective.weight_label(), baseline, log)
+
+
+def finish(run_dir: Path, config: TrainConfig, model: VAE, spec: dict[str, Any], dataset: ImageDataset,
+           weight_label: str, baseline: float, log: TrainingLog) -> Path:
+    """After the last step (the newest checkpoint's): diagnosis, figures and report, then the final weights.
+
+    The model file comes last, saying its step: a run whose model is of its newest checkpoint is
+    finished, and a run stopped before (a full disk while drawing figures) resumes from that
+    checkpoint to finish.
+    """
+    step = rundir.checkpoint_step(list_checkpoints(run_dir)[-1])
     history = read_metrics(run_dir)
     if not history:
         raise TrainingError(f"no training step of {run_dir} succeeded, so there is nothing to diagnose; lower --lr.")
-    diagnosis = diagnose(history[-1], objective.weight_label(), config.collapse_threshold, baseline, len(dataset))
+    diagnosis = diagnose(history[-1], weight_label, config.collapse_threshold, baseline, len(dataset))
     write_json_atomic(run_dir / DIAGNOSIS_FILE, diagnosis)
     log.message("betavae: diagnosis\n" + format_diagnosis(diagnosis))
     if config.figures:
@@ -364,6 +380,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
         from betavae.report import run_report
 
         log.message(f"betavae: report in {run_report(run_dir, model, dataset, seed=config.seed)}")
+    save_model(run_dir / MODEL_FILE, model, spec, step)
     log.message(f"betavae: done; model, logs and figures are in {run_dir}")
     return run_dir
 
@@ -416,11 +433,20 @@ def log_record(sums: dict[str, Any], count: int, step: int, config: TrainConfig,
     return record
 
 
-def save_model(path: Path, model: VAE, model_spec: dict[str, Any]) -> None:
-    """Final weights as safetensors, the model's architecture in the file's metadata."""
+def save_model(path: Path, model: VAE, model_spec: dict[str, Any], step: int | None = None) -> None:
+    """Final weights as safetensors, the model's architecture (and the step it reached) in the file's metadata."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    data = save(state, metadata={"betavae_model": json.dumps(model_spec)})
-    write_bytes_atomic(path, data)
+    metadata = {"betavae_model": json.dumps(model_spec)} | ({} if step is None else {"betavae_step": str(step)})
+    write_bytes_atomic(path, save(state, metadata=metadata))
+
+
+def model_step(path: Path) -> int | None:
+    """The training step a model file was saved at; None when it does not say (written before it did)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return int((f.metadata() or {})["betavae_step"])
+    except (KeyError, ValueError, OSError, SafetensorError):
+        return None
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> VAE:

@@ -42,19 +42,17 @@ from torch.func import functional_call, stack_module_state
 
 from betavae.data import ImageDataset, dataset_from_config
 from betavae.errors import ConfigError, TrainingError
-from betavae.files import write_json_atomic
 from betavae.models import VAE, is_convolutional, model_from_spec, model_spec
 from betavae.models.architectures import check_image_shape
 from betavae.models.vae import VAEOutput
 from betavae.objectives import Objective, build_objective
 from betavae.training.checkpoint import list_checkpoints, save_checkpoint
 from betavae.training.config import TrainConfig
-from betavae.training.diagnostics import diagnose, format_diagnosis, reconstruction_baseline
-from betavae.training.logging import TrainingLog, read_metrics, truncate_metrics
+from betavae.training.diagnostics import reconstruction_baseline
+from betavae.training.logging import TrainingLog, truncate_metrics
 from betavae.training import distributed, rundir
-from betavae.training.loop import (TrainingForward, load_optimizer_state, log_record, make_adam, resolve_device,
-                                   resolve_precision, save_model)
-from betavae.training.rundir import DIAGNOSIS_FILE, MODEL_FILE
+from betavae.training.loop import (TrainingForward, finish, load_optimizer_state, log_record, make_adam, resolve_device,
+                                   resolve_precision)
 
 #: Config fields every member of a group must share: they fix the network, the data, the batch
 #: shape, the one optimizer and when the group stops. Everything else (objective and its weights, likelihood, seed,
@@ -146,7 +144,12 @@ def train_group(configs: Sequence[TrainConfig], streams: Sequence[TextIO]) -> li
         rundir.check_new(config)
     with contextlib.ExitStack() as held:  # every member's lock, held until the group is done
         run_dirs = [held.enter_context(rundir.create(config)).run_dir for config in configs]
-        return _train_together(configs, run_dirs, dataset, list(streams))
+        try:
+            return _train_together(configs, run_dirs, dataset, list(streams))
+        except OSError as exc:  # a full disk while training: the message names the run it hit
+            failed = Path(exc.filename or run_dirs[0]).resolve()
+            raise rundir.write_error(exc, next((d for d in run_dirs if failed.is_relative_to(d.resolve())),
+                                               run_dirs[0])) from exc
 
 
 class _Stack:
@@ -274,7 +277,9 @@ def _train_together(configs: list[TrainConfig], run_dirs: list[Path], dataset: I
             outcomes.append(member.error)
             continue
         try:
-            outcomes.append(_finish(member, dataset, spec))
+            with rundir.explaining_write_errors(member.run_dir):
+                outcomes.append(finish(member.run_dir, member.config, member.model, spec, dataset,
+                                       member.objective.weight_label(), member.baseline, member.log))
         except Exception as exc:  # noqa: BLE001 - one model's failed figures do not undo the others
             outcomes.append(exc)
     return outcomes
@@ -390,29 +395,6 @@ def _check_finite(due: list[tuple[int, _Member]], stack: _Stack, step: int) -> s
         member.log.message(f"betavae: error: {member.error}")
         failed.add(row)
     return failed
-
-
-def _finish(member: _Member, dataset: ImageDataset, spec: dict[str, Any]) -> Path:
-    """What ``betavae.train`` does after its last step: final weights, diagnosis, figures and report."""
-    run_dir, config, log = member.run_dir, member.config, member.log
-    save_model(run_dir / MODEL_FILE, member.model, spec)
-    history = read_metrics(run_dir)
-    if not history:
-        raise TrainingError(f"no training step of {run_dir} succeeded, so there is nothing to diagnose; lower --lr.")
-    diagnosis = diagnose(history[-1], member.objective.weight_label(), config.collapse_threshold, member.baseline,
-                         len(dataset))
-    write_json_atomic(run_dir / DIAGNOSIS_FILE, diagnosis)
-    log.message("betavae: diagnosis\n" + format_diagnosis(diagnosis))
-    if config.figures:
-        from betavae.report.figures import make_figures
-
-        figures = make_figures(run_dir, member.model.eval(), dataset, history, diagnosis, seed=config.seed)
-        log.message(f"betavae: figures in {figures}")
-        from betavae.report import run_report
-
-        log.message(f"betavae: report in {run_report(run_dir, member.model, dataset, seed=config.seed)}")
-    log.message(f"betavae: done; model, logs and figures are in {run_dir}")
-    return run_dir
 
 
 class _Prefixed(io.TextIOBase):

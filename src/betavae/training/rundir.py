@@ -32,11 +32,12 @@ import shutil
 import socket
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from betavae.errors import BetaVAEError, CheckpointError, ConfigError, RunInUseError
-from betavae.files import is_temporary
+from betavae.errors import BetaVAEError, CheckpointError, ConfigError, RunInUseError, TrainingError
+from betavae.files import fsync_dir, is_temporary
 from betavae.reference import INFO_FILE as REFERENCE_FILE
 from betavae.reference import refuse_writes
 from betavae.training.config import CONFIG_FILE, TrainConfig
@@ -297,6 +298,39 @@ def _unexpected_files(directory: Path, names: set[str]) -> list[Path]:
             if p.is_symlink() or p.is_dir() or not (p.name in names or is_temporary(p.name))]
 
 
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint directories of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and _CHECKPOINT_NAME.fullmatch(p.name) and p.name[0] != ".")
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step of checkpoint directory ``path`` (``step-NNNNNNNN``)."""
+    return int(path.name.removeprefix("step-"))
+
+
+def write_error(exc: OSError, run_dir: Path) -> TrainingError:
+    """A failed write in ``run_dir`` (a full disk, lost permissions) as the user hears of it: what failed,
+    what is intact, and how to go on."""
+    checkpoints = list_checkpoints(run_dir)
+    kept = (f"the last good checkpoint, {checkpoints[-1]}, is intact" if checkpoints
+            else "no checkpoint had been written yet")
+    failed = f"{exc.filename}" if exc.filename else str(run_dir)
+    return TrainingError(f"could not write {failed} ({exc.strerror or exc}); {kept}. Free disk space (or fix the "
+                         f"permissions), then go on with 'betavae train --resume {run_dir}'.")
+
+
+@contextmanager
+def explaining_write_errors(run_dir: Path) -> Iterator[None]:
+    """Turn an :class:`OSError` raised inside into :func:`write_error`'s message (never a traceback)."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_error(exc, run_dir) from exc
+
+
 def create(config: TrainConfig) -> RunLock:
     """Make the run directory of a new run and write its config; returns the lock, held until released.
 
@@ -306,6 +340,7 @@ def create(config: TrainConfig) -> RunLock:
     _check_existing(run_dir, config.overwrite)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        fsync_dir(run_dir.parent)
     except OSError as exc:
         raise ConfigError(f"cannot create run directory {run_dir}: {exc.strerror or exc}. "
                           "Choose another --out.") from exc
@@ -314,6 +349,10 @@ def create(config: TrainConfig) -> RunLock:
         _check_existing(run_dir, config.overwrite)  # again, now that no other writer can start
         _empty(run_dir)
         config.save(run_dir / CONFIG_FILE)
+    except OSError as exc:
+        held.release()
+        raise ConfigError(f"cannot write the config of {run_dir} ({exc.strerror or exc}); free disk space (or fix the "
+                          "permissions), then train again.") from exc
     except BaseException:
         held.release()
         raise
