@@ -24,5 +24,9 @@ class CheckpointError(BetaVAEError):
     """A run directory or checkpoint is missing, malformed or incompatible."""
 
 
+class RunInUseError(BetaVAEError):
+    """Another process is writing the run directory (it holds the directory's lock)."""
+
+
 class TrainingError(BetaVAEError):
     """Training cannot go on (for example the loss became NaN)."""

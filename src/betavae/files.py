@@ -1,15 +1,42 @@
 """Atomic file writes: a temporary file in the same directory, flushed, synced, renamed into place.
 
-A kill at any moment leaves either the previous file or the new one, never a partial one.
+A kill at any moment leaves either the previous file or the new one, never a partial one. The
+directory is synced after the rename too: until it is, a power cut may undo the rename.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
+
+
+# ".NAME.PID.tmp" (write_atomic) and ".STEM.PID.tmpSUFFIX" (atomic_output): left behind only by a kill.
+_TEMPORARY = re.compile(r"\..+\.\d+\.tmp(\.\w+)?")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is that of a temporary file these functions write (and rename or remove)."""
+    return _TEMPORARY.fullmatch(name) is not None
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory ``path`` (a rename, a new file or folder) durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # a platform that cannot open directories (renames are durable there or never)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # filesystems without directory sync
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -22,6 +49,7 @@ def write_atomic(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -42,7 +70,10 @@ def atomic_output(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         yield tmp
+        with open(tmp, "rb") as f:  # the writer closed it; its data must be on disk before the rename
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

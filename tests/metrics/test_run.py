@@ -8,7 +8,8 @@ from betavae.errors import ConfigError
 from betavae.metrics import encoder_fn, evaluate, evaluate_run, format_table
 from betavae.models import build_model
 from betavae.training.config import TrainConfig
-from betavae.training.loop import MODEL_FILE, save_model
+from betavae.training.loop import save_model
+from betavae.training.rundir import MODEL_FILE
 
 PARAMS = {"mig": {"num_train": 300}, "unsupervised": {"num_train": 300}}
 

@@ -185,3 +185,230 @@ def test_resume_skips_a_damaged_newest_checkpoint(small_npy, tmp_path):
     betavae.resume(run, steps=40)
     assert _same_weights(run, reference)
     assert json.loads((run / "config.json").read_text())["steps"] == 40
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, small_images):
+    """A 30-step run with checkpoints at steps 10, 20 and 30, and the same run trained straight to 40 steps."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("finished")
+    data = root / "small.npy"
+    np.save(data, small_images)
+    return (data, betavae.train(_config(data, root / "run", steps=30)),
+            betavae.train(_config(data, root / "reference", steps=40)))
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    return shutil.copytree(run, tmp_path / "run")
+
+
+def _contents(run):
+    return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda p: (p / "tensors.safetensors").write_bytes(b"garbage"), "not a readable safetensors file"),
+    (lambda p: (p / "state.json").write_text('{"format": 2, "step": 1, "state": {}}'),
+     "format 2, written by a newer betavae"),
+])
+def test_resume_refuses_a_run_whose_checkpoints_all_fail_to_load(finished_run, tmp_path, damage, reason, capsys):
+    from betavae.cli import main
+
+    run = _copy(finished_run[1], tmp_path)
+    for checkpoint in list_checkpoints(run):
+        damage(checkpoint)
+    before = _contents(run)
+    assert main(["train", "--resume", str(run), "--steps", "40"]) == 2
+    err = capsys.readouterr().err
+    assert f"betavae: error: {run} has 3 checkpoint(s) and none can be loaded, so it is not resumed" in err
+    assert reason in err and "Traceback" not in err
+    assert _contents(run) == before  # metrics, model and checkpoints as they were
+
+
+def _edit_state(checkpoint, edit):
+    meta = json.loads((checkpoint / "state.json").read_text())
+    edit(meta)
+    (checkpoint / "state.json").write_text(json.dumps(meta))
+
+
+def _drop_entry(name):
+    return lambda meta: meta["state"].update(__dict__=[kv for kv in meta["state"]["__dict__"] if kv[0] != name])
+
+
+@pytest.mark.parametrize("edit", [
+    lambda meta: meta.update(state=5),
+    lambda meta: meta["state"]["__dict__"].append(["step"]),  # a pair missing its value
+    _drop_entry("optimizer"),
+    lambda meta: meta["state"].update(__dict__=[[k, "x" if k == "log_count" else v] for k, v in meta["state"]["__dict__"]]),
+    lambda meta: meta["state"].update(__dict__=[[k, 11 if k == "step" else v] for k, v in meta["state"]["__dict__"]]),
+], ids=["not-an-object", "broken-pair", "no-optimizer", "wrong-type", "wrong-step"])
+def test_a_malformed_newest_state_falls_back_to_an_older_checkpoint(finished_run, tmp_path, edit, capsys):
+    _, finished, reference = finished_run
+    run = _copy(finished, tmp_path)
+    (run / "model.safetensors").unlink()
+    _edit_state(list_checkpoints(run)[-1], edit)
+    betavae.resume(run, steps=40)
+    assert f"skipping damaged checkpoint {list_checkpoints(run)[-1].parent / 'step-00000030'}" in capsys.readouterr().err
+    assert _same_weights(run, reference)
+    assert _metrics_without_timing(run) == _metrics_without_timing(reference)
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"lr": 2e-3, "beta": 8.0}, "beta 4.0 -> 8.0, lr 0.001 -> 0.002"),
+    ({"objective": "tc"}, "objective 'beta' -> 'tc'"),
+    ({"data": "elsewhere.npy"}, "data "),
+])
+def test_resume_refuses_a_changed_config_naming_the_changes(finished_run, tmp_path, changes, named, capsys):
+    from betavae.cli import main
+
+    run = _copy(finished_run[1], tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, **changes}))
+    before = _contents(run)
+    assert main(["train", "--resume", str(run), "--steps", "40"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"betavae: error: {run / 'config.json'} differs from the config its checkpoint of step 30 "
+                          f"was trained with: {named}")
+    assert _contents(run) == before
+
+
+def test_resume_accepts_changes_to_how_a_run_reports_and_saves(finished_run, tmp_path):
+    _, finished, reference = finished_run
+    run = _copy(finished, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "keep_checkpoints": 5, "collapse_threshold": 0.2}))
+    betavae.resume(run, steps=40)
+    assert _same_weights(run, reference)
+    assert len(list_checkpoints(run)) == 4
+
+
+def test_resume_refuses_a_finished_run_without_checkpoints(finished_run, tmp_path):
+    import shutil
+
+    run = _copy(finished_run[1], tmp_path)
+    shutil.rmtree(run / "checkpoints")
+    before = _contents(run)
+    with pytest.raises(CheckpointError, match="holds a final model but no checkpoint"):
+        betavae.resume(run, steps=40)
+    assert _contents(run) == before
+
+
+@pytest.mark.parametrize("command", [["report"], ["evaluate", "--metrics", "mig"], ["traverse"], ["train", "--resume"]])
+def test_a_config_with_wrong_value_types_is_a_clear_error(finished_run, tmp_path, command, capsys):
+    from betavae.cli import main
+    from betavae.report.explorer import Explorer
+
+    run = _copy(finished_run[1], tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "latents": "3"}))
+    assert main([*command, str(run)]) == 2
+    assert capsys.readouterr().err.startswith(f"betavae: error: {run / 'config.json'}: latents must be of type int, "
+                                              "got '3' (str)")
+    with pytest.raises(CheckpointError, match="latents must be of type int"):
+        Explorer(run)
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a failed write() raises it: no file name
+
+
+def test_full_disk_at_the_final_model_names_the_last_checkpoint_and_resume_finishes(finished_run, tmp_path,
+                                                                                   monkeypatch, capsys):
+    import betavae.training.loop as loop
+    from betavae.cli import main
+
+    data, _, reference = finished_run
+    run = tmp_path / "run"
+    monkeypatch.setattr(loop, "write_bytes_atomic", _no_space)
+    args = ["train", "--data", data, "--out", run, "--steps", 40, "--batch-size", 16, "--latents", 3, "--lr", 1e-3,
+            "--log-every", 5, "--checkpoint-every", 10, "--no-figures"]
+    assert main(list(map(str, args))) == 2
+    err = capsys.readouterr().err
+    assert f"betavae: error: could not write {run} (No space left on device); the last good checkpoint, " \
+           f"{run / 'checkpoints' / 'step-00000040'}, is intact. Free disk space" in err
+    assert "Traceback" not in err and not (run / "model.safetensors").exists()
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run)]) == 0  # finishes from the final checkpoint, training no step
+    assert _same_weights(run, reference)
+    assert _metrics_without_timing(run) == _metrics_without_timing(reference)
+
+
+def test_full_disk_while_drawing_figures_keeps_every_earlier_file(finished_run, tmp_path, monkeypatch):
+    import contextlib
+
+    import betavae.report.figures as figures
+
+    data, finished, _ = finished_run
+    run = _copy(finished, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "figures": True}))  # a value a resume may change
+    old_model = (run / "model.safetensors").read_bytes()
+    real = figures.atomic_output
+
+    @contextlib.contextmanager
+    def failing(path):
+        if path.name == "traversals.gif":
+            _no_space()
+        with real(path) as tmp:
+            yield tmp
+
+    monkeypatch.setattr(figures, "atomic_output", failing)
+    with pytest.raises(TrainingError, match=r"could not write .*No space left on device.*step-00000040, is intact"):
+        betavae.resume(run, steps=40)  # trains further, then the disk fills
+    assert (run / "model.safetensors").read_bytes() == old_model  # the step-30 model, not lost
+    assert (run / "figures" / "reconstructions.png").exists()
+    monkeypatch.undo()
+    betavae.resume(run)  # finishes: figures, then the step-40 model
+    assert (run / "figures" / "traversals.gif").exists() and (run / "report.html").exists()
+    assert _same_weights(run, finished_run[2])
+    with pytest.raises(betavae.errors.ConfigError, match="already reached step 40 of 40"):
+        betavae.resume(run)
+
+
+def test_full_disk_while_logging_stops_cleanly_and_resumes_to_the_same_result(finished_run, tmp_path, monkeypatch):
+    from betavae.training.logging import TrainingLog
+
+    data, _, reference = finished_run
+    real = TrainingLog.write
+
+    def write(self, record):
+        if record["step"] == 25:
+            _no_space()
+        real(self, record)
+
+    monkeypatch.setattr(TrainingLog, "write", write)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"No space left on device\); the last good checkpoint, .*step-00000020, "
+                                            "is intact"):
+        betavae.train(_config(data, run))
+    monkeypatch.undo()
+    betavae.resume(run)
+    assert _same_weights(run, reference)
+    assert _metrics_without_timing(run) == _metrics_without_timing(reference)
+
+
+def test_directories_are_synced_after_every_rename(tmp_path, monkeypatch):
+    from betavae.files import write_json_atomic
+    from betavae.training.checkpoint import save_checkpoint
+
+    events = []
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+
+    def fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if os.path.isdir(path):
+            events.append(("sync", path))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("rename", os.path.dirname(b))), real_replace(a, b)))
+    monkeypatch.setattr(os, "rename", lambda a, b: (events.append(("rename", os.path.dirname(b))), real_rename(a, b)))
+    write_json_atomic(tmp_path / "a.json", {"x": 1})
+    save_checkpoint(tmp_path, 1, {"step": 1, "w": torch.ones(2)})
+    renames = [i for i, (kind, _) in enumerate(events) if kind == "rename"]
+    assert len(renames) == 4  # a.json, the checkpoint's two files, the checkpoint itself
+    for i in renames:
+        assert events[i + 1] == ("sync", events[i][1])

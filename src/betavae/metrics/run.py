@@ -17,9 +17,10 @@ from betavae.checks import check_seed
 from betavae.errors import ConfigError
 from betavae.metrics.base import DEFAULT_BATCH_SIZE
 from betavae.metrics.evaluate import EvaluationProgress, Progress, evaluate_with_details
+from betavae.training import rundir
+from betavae.training.rundir import EVALUATION_FILE
 
 REPRESENTATIONS = ("mean", "sampled")
-EVALUATION_FILE = "evaluation.json"
 #: Images per forward pass on a CPU: small batches keep each layer's output in cache (a Burgess net
 #: encodes about 2x faster at 128 than at 1024 on a 2-core CPU, docs/performance.md).
 CPU_FORWARD_BATCH = 128
@@ -113,19 +114,28 @@ def evaluate_run(run_dir: str | Path, metrics: str | Iterable[str] = "all", seed
     run_dir = Path(run_dir)
     refuse_writes(run_dir, "evaluate")  # its evaluation.json is what it ships with
     config = TrainConfig.load(run_dir)
-    model = betavae.load(run_dir, device_for(device, SINGLE))
-    dataset = dataset_from_config(config)  # the run's own data, factors included
-    encode = encoder_fn(model, representation, batch_size, torch.Generator().manual_seed(int(seed)))
-    # images read from the dataset at a time: whole forward passes, so that every pass has one shape
-    read_batch = encode.batch_size * max(1, DEFAULT_BATCH_SIZE // encode.batch_size)
-    details = evaluate_with_details(encode, dataset, metrics, seed, batch_size=read_batch, params=params,
-                                    progress=progress)
-    record: dict[str, Any] = {
+    with rundir.lock(run_dir):  # refused while the run trains (or is evaluated) elsewhere
+        model = betavae.load(run_dir, device_for(device, SINGLE))
+        dataset = dataset_from_config(config)  # the run's own data, factors included
+        encode = encoder_fn(model, representation, batch_size, torch.Generator().manual_seed(int(seed)))
+        # images read from the dataset at a time: whole forward passes, so that every pass has one shape
+        read_batch = encode.batch_size * max(1, DEFAULT_BATCH_SIZE // encode.batch_size)
+        details = evaluate_with_details(encode, dataset, metrics, seed, batch_size=read_batch, params=params,
+                                        progress=progress)
+        record = _record(run_dir, config, dataset, seed, representation, details, str(encode.device))
+        write_json_atomic(run_dir / EVALUATION_FILE, record)
+    return record
+
+
+def _record(run_dir: Path, config: Any, dataset: Any, seed: int, representation: str, details: Any,
+            device: str) -> dict[str, Any]:
+    """The evaluation.json record of ``details``."""
+    return {
         "run_dir": str(run_dir),
         "dataset": getattr(dataset, "name", config.data or config.dataset),
         "seed": int(seed),
         "representation": representation,
-        "device": str(encode.device),
+        "device": device,
         "versions": _versions(),
         "images_requested": details.images_requested,
         "images_encoded": details.images_encoded,
@@ -141,8 +151,6 @@ def evaluate_run(run_dir: str | Path, metrics: str | Iterable[str] = "all", seed
             for name, values in details.values.items()
         },
     }
-    write_json_atomic(run_dir / EVALUATION_FILE, record)
-    return record
 
 
 class ProgressPrinter:

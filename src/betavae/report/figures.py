@@ -18,8 +18,10 @@ from betavae.data.base import ImageDataset  # noqa: E402
 from betavae.files import atomic_output  # noqa: E402
 from betavae.models.vae import VAE  # noqa: E402
 from betavae.objectives.likelihoods import decoded_mean  # noqa: E402
+from betavae.training import rundir  # noqa: E402
+from betavae.training.rundir import (CONFIG_FILE, FIGURES_DIR, RECONSTRUCTIONS_FIGURE, SAMPLES_FIGURE,  # noqa: E402
+                                     TRAINING_CURVES_FIGURE, TRAVERSALS_ANIMATION, TRAVERSALS_FIGURE)
 
-FIGURES_DIR = "figures"
 TRAVERSAL_RANGE = 3.0
 TRAVERSAL_STEPS = 11
 
@@ -168,7 +170,7 @@ def _regulariser_label(run_dir: Path) -> str:
     from betavae.objectives import OBJECTIVES
 
     try:
-        objective = json.loads((Path(run_dir) / "config.json").read_text())["objective"]
+        objective = json.loads((Path(run_dir) / CONFIG_FILE).read_text())["objective"]
         return OBJECTIVES[objective].regulariser_label
     except (OSError, ValueError, KeyError):
         return "weighted regulariser"
@@ -179,14 +181,15 @@ def make_figures(run_dir: Path, model: VAE, dataset: ImageDataset, history: list
     """Write every figure of a run into ``RUN/figures/``; returns that directory."""
     check_seed(seed)
     out = Path(run_dir) / FIGURES_DIR
-    out.mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
     images = dataset.images(np.sort(rng.choice(len(dataset), size=min(8, len(dataset)), replace=False)))
     model.eval()
-    plot_reconstructions(model, images, out / "reconstructions.png")
-    plot_samples(model, out / "samples.png", torch.Generator().manual_seed(seed))
-    plot_traversals(model, images[0], diagnosis["kl_per_dim"], diagnosis["collapse_threshold"],
-                    out / "traversals.png", out / "traversals.gif")
-    plot_training_curves(history, out / "training_curves.png", diagnosis["collapse_threshold"],
-                         _regulariser_label(run_dir), diagnosis.get("episodes"))
+    with rundir.lock(run_dir):  # refused while the run trains elsewhere; shared with this thread's training
+        out.mkdir(exist_ok=True)
+        plot_reconstructions(model, images, out / RECONSTRUCTIONS_FIGURE)
+        plot_samples(model, out / SAMPLES_FIGURE, torch.Generator().manual_seed(seed))
+        plot_traversals(model, images[0], diagnosis["kl_per_dim"], diagnosis["collapse_threshold"],
+                        out / TRAVERSALS_FIGURE, out / TRAVERSALS_ANIMATION)
+        plot_training_curves(history, out / TRAINING_CURVES_FIGURE, diagnosis["collapse_threshold"],
+                             _regulariser_label(run_dir), diagnosis.get("episodes"))
     return out

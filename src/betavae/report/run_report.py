@@ -25,16 +25,15 @@ from betavae.models.vae import VAE
 from betavae.report import charts
 from betavae.report.analysis import (MI_IMAGES, NUM_BINS, factor_entropies, mean_code_by_factor,
                                      mutual_information_matrix, sample_codes)
-from betavae.report.figures import FIGURES_DIR, make_figures, plot_training_curves
+from betavae.report.figures import make_figures, plot_training_curves
 from betavae.report.html import Section, empty, esc, figure, fmt_number, img, img_file, page, table, write_page
+from betavae.training import rundir
 from betavae.training.config import TrainConfig
 from betavae.training.diagnostics import run_episodes
 from betavae.training.logging import read_metrics
-
-REPORT_FILE = "report.html"
-#: Written by ``betavae evaluate RUN`` (``betavae.metrics.evaluate_run``).
-EVALUATION_FILE = "evaluation.json"
-FIGURE_FILES = ("training_curves.png", "reconstructions.png", "samples.png", "traversals.png", "traversals.gif")
+from betavae.training.rundir import (DIAGNOSIS_FILE, EVALUATION_FILE, FIGURE_FILES, FIGURES_DIR, RECONSTRUCTIONS_FIGURE,
+                                     REPORT_FILE, SAMPLES_FIGURE, TRAINING_CURVES_FIGURE, TRAVERSALS_ANIMATION,
+                                     TRAVERSALS_FIGURE)
 #: Logged keys drawn in the main curves figure, or shown elsewhere (throughput, time; Adam's learning
 #: rate is stated in the "Optimisation" row).
 MAIN_CURVE_KEYS = ("step", "reconstruction", "kl", "weighted_kl", "kl_per_dim", "images_per_second", "elapsed_seconds",
@@ -58,8 +57,14 @@ def run_report(run_dir: str | Path, model: VAE | None = None, dataset: ImageData
     run_dir = Path(run_dir)
     refuse_writes(run_dir, "write a report for")
     config = TrainConfig.load(run_dir)
+    with rundir.lock(run_dir):  # refused while the run trains elsewhere; shared with this thread's training
+        return _write_report(run_dir, config, model, dataset, seed, mi_images, reference)
+
+
+def _write_report(run_dir: Path, config: TrainConfig, model: VAE | None, dataset: ImageDataset | None, seed: int,
+                  mi_images: int, reference: str | None) -> Path:
     history = read_metrics(run_dir)
-    diagnosis = _read_json(run_dir / "diagnosis.json")
+    diagnosis = _read_json(run_dir / DIAGNOSIS_FILE)
     problems: list[str] = []  # why model-based sections are missing
     if model is None:
         from betavae.training import load
@@ -92,11 +97,11 @@ def run_report(run_dir: str | Path, model: VAE | None = None, dataset: ImageData
             history, figures_dir, config.collapse_threshold, run_episodes_of(diagnosis, history) if diagnosis else None)),
         Section("kl", "KL per latent dim", _kl_section(kl_per_dim, config.collapse_threshold)),
         Section("reconstructions", "Reconstructions", _figure_or_note(
-            figures_dir / "reconstructions.png", "reconstructions", why_missing,
+            figures_dir / RECONSTRUCTIONS_FIGURE, "reconstructions", why_missing,
             "Top row: images of the training data; bottom row: their reconstructions, decoded from the "
             "posterior mean. Blurry or missing details show what the code leaves out.", pixelated=True, width=900)),
         Section("samples", "Samples of the prior", _figure_or_note(
-            figures_dir / "samples.png", "samples", why_missing,
+            figures_dir / SAMPLES_FIGURE, "samples", why_missing,
             "Images decoded from 64 draws of the prior N(0, I). Good samples mean the posteriors cover the "
             "prior; implausible ones, holes in the code space.", pixelated=True, width=560)),
         Section("traversals", "Latent traversals", _traversals_section(figures_dir, why_missing)),
@@ -227,7 +232,7 @@ def _curves_section(history: list[dict[str, Any]], figures_dir: Path, threshold:
     if not history:
         return empty("No logged training terms yet (<code>metrics.jsonl</code> is empty): the run has not reached its "
                      "first logging step.")
-    main = figures_dir / "training_curves.png"
+    main = figures_dir / TRAINING_CURVES_FIGURE
     if main.is_file():
         main_img = img_file(main, "reconstruction, KL, β·KL and KL per dim against step", "training_curves")
     else:
@@ -286,7 +291,7 @@ def _fit(path: Path, width: int | None) -> int | None:
 
 
 def _traversals_section(figures_dir: Path, why_missing: str) -> str:
-    gif, grid = figures_dir / "traversals.gif", figures_dir / "traversals.png"
+    gif, grid = figures_dir / TRAVERSALS_ANIMATION, figures_dir / TRAVERSALS_FIGURE
     if not gif.is_file() and not grid.is_file():
         return empty(f"No traversals: {why_missing}")
     parts = ['<p class="caption">Each latent dim swept from −3 to 3 with the others held at one image\'s code, '
@@ -346,7 +351,7 @@ def _reference_section(run_dir: Path, name: str) -> str:
         "come from the full suite in its <code>evaluation.json</code>).</p>",
         table(("measure", "this run", "reference"), rows),
     ]
-    grid = reference.path(name) / FIGURES_DIR / "traversals.png"
+    grid = reference.path(name) / FIGURES_DIR / TRAVERSALS_FIGURE
     if grid.is_file():
         parts.append(figure(img_file(grid, "reference model's traversal grid", "reference_traversals"),
                             "The reference model's traversals, one row per dim sorted by KL: position, scale and "

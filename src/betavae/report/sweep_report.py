@@ -13,10 +13,9 @@ from typing import Any, Mapping, Sequence
 
 from betavae.errors import ConfigError
 from betavae.report import charts
-from betavae.report.figures import FIGURES_DIR
+from betavae.training.rundir import FIGURES_DIR, REPORT_FILE, TRAVERSALS_FIGURE
 from betavae.report.html import Section, empty, esc, figure, fmt_number, img, img_file, page, table, write_page
 
-REPORT_FILE = "report.html"
 #: Trial keys that describe a trial rather than measure its disentanglement (never taken as the score).
 DESCRIPTIVE_KEYS = ("weight", "beta", "seed", "trial", "name", "state", "run_dir", "reconstruction", "kl", "active_dims",
                     "seconds", "error")
@@ -204,7 +203,7 @@ def _traversals_section(trials: Sequence[Mapping[str, Any]], weights: list[float
                 label += f", {score} {fmt_number(_measure(t, score))}"
             path = None
             if t.get("run_dir"):
-                path = Path(str(t["run_dir"])) / FIGURES_DIR / "traversals.png"
+                path = Path(str(t["run_dir"])) / FIGURES_DIR / TRAVERSALS_FIGURE
                 if not path.is_absolute() and not path.exists():
                     path = sweep_dir / path
             if path is not None and path.is_file():

@@ -14,6 +14,7 @@ import torch
 from betavae.metrics.evaluate import Progress
 from betavae.sweep.progress import TrialPhase
 from betavae.sweep.spec import SweepSpec
+from betavae.training.rundir import CONFIG_FILE, DIAGNOSIS_FILE, MODEL_FILE
 
 
 def encode_array(array: np.ndarray) -> dict[str, Any]:
@@ -83,7 +84,6 @@ def run_trials(spec: SweepSpec, points: list[tuple[float, int]], log_paths: list
     trial's outcome and does not stop the others. ``phases`` (one per point) are kept up to date.
     """
     import betavae
-    from betavae.training.loop import MODEL_FILE
     from betavae.training.parallel import train_group
 
     configs = [spec.trial_config(weight, seed) for weight, seed in points]
@@ -116,7 +116,7 @@ def run_trials(spec: SweepSpec, points: list[tuple[float, int]], log_paths: list
             try:
                 if (run_dir / MODEL_FILE).is_file():
                     print(f"betavae sweep: {run_dir} already trained; evaluating it", file=stream)
-                elif (run_dir / "config.json").is_file():
+                elif (run_dir / CONFIG_FILE).is_file():
                     print(f"betavae sweep: resuming {run_dir} from its newest checkpoint", file=stream)
                     betavae.resume(run_dir, stream=stream)
                 else:
@@ -142,7 +142,7 @@ def evaluate_trial(spec: SweepSpec, run_dir: Path, progress: Progress | None = N
 
     evaluation = evaluate_run(run_dir, metrics=spec.metrics, seed=spec.eval_seed, params=spec.metric_params(),
                               progress=progress)
-    diagnosis = json.loads((run_dir / "diagnosis.json").read_text())
+    diagnosis = json.loads((run_dir / DIAGNOSIS_FILE).read_text())
     mu, kl = udr_codes(run_dir, spec)
     return {
         "run_dir": str(run_dir),

@@ -15,16 +15,16 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from betavae.errors import CheckpointError, TrainingError
-from betavae.files import write_bytes_atomic, write_json_atomic
+from betavae.files import fsync_dir, write_bytes_atomic, write_json_atomic
+from betavae.training.rundir import CHECKPOINT_DIR, STATE_FILE, TENSORS_FILE, list_checkpoints
 
-CHECKPOINT_DIR = "checkpoints"
 FORMAT_VERSION = 1
 
 
@@ -45,7 +45,14 @@ def flatten_state(value: Any, tensors: dict[str, torch.Tensor], prefix: str = "s
 
 
 def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """Inverse of :func:`flatten_state`."""
+    """Inverse of :func:`flatten_state`; :class:`CheckpointError` for a skeleton it did not write."""
+    try:
+        return _unflatten(skeleton, tensors)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a damaged or hand-edited state.json
+        raise CheckpointError(f"checkpoint state has a malformed entry ({type(exc).__name__}: {exc}).") from exc
+
+
+def _unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(skeleton, dict):
         if "__tensor__" in skeleton:
             key = skeleton["__tensor__"]
@@ -53,19 +60,21 @@ def unflatten_state(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
                 raise CheckpointError(f"checkpoint refers to tensor '{key}', which its tensor file lacks.")
             return tensors[key]
         if "__dict__" in skeleton:
-            return {k: unflatten_state(v, tensors) for k, v in skeleton["__dict__"]}
+            return {k: _unflatten(v, tensors) for k, v in skeleton["__dict__"]}
         if "__tuple__" in skeleton:
-            return tuple(unflatten_state(v, tensors) for v in skeleton["__tuple__"])
+            return tuple(_unflatten(v, tensors) for v in skeleton["__tuple__"])
         raise CheckpointError("checkpoint state has an object of unknown form.")
     if isinstance(skeleton, list):
-        return [unflatten_state(v, tensors) for v in skeleton]
+        return [_unflatten(v, tensors) for v in skeleton]
     return skeleton
 
 
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
     """Write ``state`` as the checkpoint for ``step`` atomically; prune all but the newest ``keep``."""
     root = Path(run_dir) / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.is_dir():
+        root.mkdir(parents=True)
+        fsync_dir(root.parent)
     final = root / f"step-{step:08d}"
     for stale in root.glob(".tmp-step-*"):  # left by a run killed while writing
         shutil.rmtree(stale, ignore_errors=True)
@@ -74,8 +83,8 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int =
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten_state(state, tensors)
     try:
-        write_bytes_atomic(tmp / "tensors.safetensors", save(tensors))
-        write_json_atomic(tmp / "state.json", {"format": FORMAT_VERSION, "step": step, "state": skeleton})
+        write_bytes_atomic(tmp / TENSORS_FILE, save(tensors))
+        write_json_atomic(tmp / STATE_FILE, {"format": FORMAT_VERSION, "step": step, "state": skeleton})
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         previous = list_checkpoints(run_dir)
@@ -87,33 +96,94 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int =
     if final.exists():  # an older checkpoint of the same step (a resumed run re-reaching it)
         shutil.rmtree(final)
     os.rename(tmp, final)
+    fsync_dir(root)  # the rename is durable: a power cut cannot take the newest checkpoint back
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoint directories of a run, oldest first."""
-    root = Path(run_dir) / CHECKPOINT_DIR
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
-
-
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """The state saved by :func:`save_checkpoint` in ``path``, validated."""
     path = Path(path)
-    state_path, tensor_path = path / "state.json", path / "tensors.safetensors"
+    state_path, tensor_path = path / STATE_FILE, path / TENSORS_FILE
     if not state_path.is_file() or not tensor_path.is_file():
-        raise CheckpointError(f"{path} is not a betavae checkpoint (state.json and tensors.safetensors expected).")
+        raise CheckpointError(f"{path} is not a betavae checkpoint ({STATE_FILE} and {TENSORS_FILE} expected).")
     try:
         meta = json.loads(state_path.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{state_path} is not valid JSON ({exc}); the checkpoint is damaged.") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION or "state" not in meta:
+    version = meta.get("format") if isinstance(meta, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise CheckpointError(f"{state_path} is of checkpoint format {version}, written by a newer betavae; this one "
+                              f"reads format {FORMAT_VERSION}. Resume it with that newer version.")
+    if version != FORMAT_VERSION or "state" not in meta:
         raise CheckpointError(f"{state_path} is not a betavae checkpoint of format {FORMAT_VERSION}.")
     tensors = load_tensors(tensor_path)
-    return unflatten_state(meta["state"], tensors)
+    try:
+        return unflatten_state(meta["state"], tensors)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{state_path}: {exc}") from None
+
+
+# A training checkpoint's entries and their types (objective_auxiliary may be anything JSON and tensors hold).
+_TRAINING_STATE: dict[str, type | tuple[type, ...]] = {
+    "step": int, "model_spec": dict, "model": dict, "optimizer": dict, "objective": dict, "generator": torch.Tensor,
+    "log_sums": dict, "log_count": int,
+}
+# Entries added later, with the value an older checkpoint stands for.
+_LATER_ENTRIES: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "skipped_steps": (int, 0), "elapsed_seconds": ((int, float), 0.0), "config": (dict, None),
+    "config_sha256": (str, None),
+}
+
+
+def load_training_checkpoint(path: Path) -> dict[str, Any]:
+    """The state of a training checkpoint (see :func:`load_checkpoint`), checked to hold what resuming needs."""
+    state = load_checkpoint(path)
+    problem = None
+    if not isinstance(state, dict):
+        problem = "its state is not an object"
+    else:
+        missing = [k for k in _TRAINING_STATE if k not in state]
+        kinds = {**_TRAINING_STATE, **{k: kind for k, (kind, _) in _LATER_ENTRIES.items()}}
+        wrong = [k for k, kind in kinds.items()
+                 if k in state and (not isinstance(state[k], kind) or isinstance(state[k], bool))]
+        for key, (_, default) in _LATER_ENTRIES.items():
+            state.setdefault(key, default)
+        if missing or wrong:
+            problem = "; ".join([f"it lacks {', '.join(missing)}"] * bool(missing)
+                                + [f"its {', '.join(wrong)} of the wrong type"] * bool(wrong))
+        elif not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+            problem = "its model weights are not all tensors"
+        elif not isinstance(state["optimizer"].get("state"), dict) or not isinstance(
+                state["optimizer"].get("param_groups"), list):
+            problem = "its optimizer state lacks 'state' or 'param_groups'"
+        elif path.name != f"step-{state['step']:08d}":
+            problem = f"it says step {state['step']}"
+    if problem:
+        raise CheckpointError(f"{path} is not a complete training checkpoint ({problem}).")
+    return state
+
+
+def newest_training_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> dict[str, Any] | None:
+    """The newest checkpoint of ``run_dir`` that loads, older ones standing in for damaged ones (``warn`` is
+    told of each); None without any checkpoint. Checkpoints that all fail to load are an error saying why:
+    resuming must never start over in a run it cannot read."""
+    found = list_checkpoints(run_dir)
+    problems = []
+    for path in reversed(found):
+        try:
+            return load_training_checkpoint(path)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            warn(f"betavae: skipping damaged checkpoint {path}: {exc}")
+    if found:
+        raise CheckpointError(
+            f"{run_dir} has {len(found)} checkpoint(s) and none can be loaded, so it is not resumed (that would start "
+            f"it over and replace its logs): {' '.join(problems)} Move the damaged checkpoints out of "
+            f"{Path(run_dir) / CHECKPOINT_DIR} to start over, or resume with the betavae that wrote them."
+        )
+    return None
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -24,6 +24,8 @@ from betavae.objectives import ESTIMATORS, LIKELIHOODS, OBJECTIVES, SCHEDULES
 from betavae.training.memory import check_memory
 
 
+#: The config's file in a run directory (betavae.training.rundir names the others).
+CONFIG_FILE = "config.json"
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("off", "on", "cudagraphs")
 LR_SCHEDULES = ("constant", "cosine")
@@ -211,10 +213,10 @@ class TrainConfig:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> "TrainConfig":
-        """The config saved in ``run_dir/config.json`` (or a config file path)."""
+        """The config saved in ``run_dir/config.json`` (or a config file path), validated."""
         path = Path(run_dir)
         try:
-            path = path / "config.json" if path.is_dir() else path
+            path = path / CONFIG_FILE if path.is_dir() else path
             found = path.is_file()
         except OSError as exc:  # a name longer than the file system allows, a folder it may not read
             raise CheckpointError(f"cannot read {shown(run_dir, 200)}: {exc.strerror or exc}; is it a betavae run "
@@ -228,7 +230,7 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise CheckpointError(f"{path} does not hold a config object.")
         try:
-            return cls.from_dict(values)
+            return cls.from_dict(values).validate()
         except (ConfigError, TypeError) as exc:
             raise CheckpointError(f"{path}: {exc}") from exc
 

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from betavae.files import write_atomic
 
+from betavae.training.rundir import METRICS_FILE, TENSORBOARD_DIR
+
 if TYPE_CHECKING:
     from betavae.training.diagnostics import LiveDiagnosis
-
-METRICS_FILE = "metrics.jsonl"
 
 
 def truncate_metrics(run_dir: Path, last_step: int) -> None:
@@ -78,7 +78,7 @@ class TrainingLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step or None)
+            self._writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=start_step or None)
         self._bar = None
         if self.stream.isatty():
             from tqdm import tqdm

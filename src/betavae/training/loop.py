@@ -8,22 +8,24 @@ read (one sync) only every ``log_every`` steps, where they are averaged, checked
 
 Under torchrun every process runs this loop on its slice of each global batch, with the model in
 DistributedDataParallel (see :mod:`betavae.training.distributed`); process 0 alone writes the run.
+The same loop, :func:`run_steps`, trains several models at once (:mod:`betavae.training.parallel`
+stacks them into one network): each model is a :class:`Member` with its own batch, noise,
+objective, logs and checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
-import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import nn
 
@@ -33,15 +35,15 @@ from betavae.files import write_bytes_atomic, write_json_atomic
 from betavae.models import VAE, is_convolutional, model_from_spec, model_spec
 from betavae.models.architectures import check_image_shape
 from betavae.models.vae import VAEOutput
-from betavae.objectives import build_objective
-from betavae.training.checkpoint import list_checkpoints, load_checkpoint, load_module_state, load_tensors, save_checkpoint
-from betavae.training.config import TrainConfig
-from betavae.training import distributed
+from betavae.objectives import Objective, build_objective
+from betavae.training.checkpoint import (list_checkpoints, load_module_state, load_tensors, newest_training_checkpoint,
+                                         save_checkpoint)
+from betavae.training.config import CONFIG_FILE, TrainConfig
+from betavae.training import distributed, rundir
 from betavae.training.diagnostics import LiveDiagnosis, diagnose_run, format_diagnosis, reconstruction_baseline
 from betavae.training.distributed import Distributed
 from betavae.training.logging import TrainingLog, read_metrics, truncate_metrics
-
-MODEL_FILE = "model.safetensors"
+from betavae.training.rundir import DIAGNOSIS_FILE, MODEL_FILE
 
 
 def resolve_device(name: str, dist: Distributed = distributed.SINGLE) -> torch.device:
@@ -125,7 +127,7 @@ def _compiled(forward: nn.Module, mode: str) -> nn.Module:
     return torch.compile(forward, mode="reduce-overhead" if mode == "cudagraphs" else None)
 
 
-class _Silent:
+class SilentLog:
     """The log of a torchrun process other than 0: it writes nothing."""
 
     def advance(self, steps: int = 1) -> None:
@@ -141,25 +143,6 @@ class _Silent:
         pass
 
 
-def prepare_run_dir(config: TrainConfig) -> Path:
-    """Create the run directory; refuse to touch an existing one unless it is a run and overwrite is set."""
-    run_dir = config.run_dir()
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        if not config.overwrite:
-            raise ConfigError(
-                f"run directory {run_dir} already exists; choose another --out, resume it with "
-                f"'betavae train --resume {run_dir}', or pass --overwrite to replace it."
-            )
-        if not (run_dir / "config.json").is_file():
-            raise ConfigError(
-                f"{run_dir} exists and is not a betavae run directory (no config.json); betavae will not "
-                "delete it even with --overwrite. Choose another --out."
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 def train(config: TrainConfig, stream: TextIO | None = None) -> Path:
     """Train a model as ``config`` says; returns the run directory.
 
@@ -170,14 +153,11 @@ def train(config: TrainConfig, stream: TextIO | None = None) -> Path:
     with distributed.process_group(dist, device):
         # Bad data is reported before the run directory is made; process 0 fills a dataset cache first.
         dataset = distributed.agree(dist, lambda: _checked_dataset(config), main_first=True)
-
-        def make_run_dir() -> Path:
-            run_dir = prepare_run_dir(config)
-            config.save(run_dir / "config.json")
-            return run_dir
-
-        run_dir = distributed.agree(dist, make_run_dir, main_only=True)
-        return _train(config, run_dir, dataset, None, stream, dist, device)
+        with contextlib.ExitStack() as held:  # process 0 holds the run directory's lock until the end
+            run_dir = distributed.agree(dist, lambda: held.enter_context(rundir.create(config)).run_dir,
+                                        main_only=True)
+            with rundir.explaining_write_errors(run_dir):
+                return _train(config, run_dir, dataset, None, stream, dist, device)
 
 
 def _checked_dataset(config: TrainConfig) -> ImageDataset:
@@ -198,10 +178,7 @@ def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None 
     Under torchrun every process reads the run directory (on several machines it must be on a
     filesystem they all see); a checkpoint continues with any number of processes.
     """
-    from betavae.reference import refuse_writes
-
     run_dir = Path(run_dir)
-    refuse_writes(run_dir, "train")
     config = TrainConfig.load(run_dir)
     if steps is not None:
         config.steps = steps
@@ -209,28 +186,34 @@ def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None 
         config.time_limit = time_limit
     config.validate()
     dist, device = _setup(config)
-    with distributed.process_group(dist, device):
+    with distributed.process_group(dist, device), contextlib.ExitStack() as held:
+        # process 0 holds the lock from before the checkpoints are read until the run is finished
+        distributed.agree(dist, lambda: held.enter_context(rundir.open_existing(run_dir)).run_dir, main_only=True)
 
-        def newest_checkpoint() -> dict[str, Any] | None:
-            for path in reversed(list_checkpoints(run_dir)):  # the newest intact one
-                try:
-                    return load_checkpoint(path)
-                except CheckpointError as exc:
-                    if dist.is_main:
-                        print(f"betavae: skipping damaged checkpoint {path}: {exc}", file=stream or sys.stderr)
-            return None
+        def warn(text: str) -> None:
+            if dist.is_main:
+                print(text, file=stream or sys.stderr)
 
-        state = distributed.agree(dist, newest_checkpoint)
-        finished = state is not None and state["step"] >= config.steps
-        if finished and (run_dir / MODEL_FILE).exists():
+        state = distributed.agree(dist, lambda: newest_training_checkpoint(run_dir, warn))
+        model_file = run_dir / MODEL_FILE
+        if state is None and model_file.exists():
+            raise CheckpointError(f"{run_dir} holds a final model but no checkpoint to continue from, so it is not "
+                                  "resumed (that would start it over); train a new run (another --out) instead.")
+        if state is not None:
+            rundir.check_unchanged(state, config, run_dir)
+        # finished: its model is of its newest checkpoint (a model of an earlier step: trained further since)
+        finished = state is not None and state["step"] >= config.steps and model_file.exists() and \
+            model_step(model_file) in (None, state["step"])
+        if finished:
             raise ConfigError(
                 f"{run_dir} already reached step {state['step']} of {config.steps}; pass a larger --steps to train further."
             )
-        if steps is not None or time_limit is not None:
-            distributed.agree(dist, lambda: config.save(run_dir / "config.json"), main_only=True)
         dataset = distributed.agree(dist, lambda: dataset_from_config(config), main_first=True)
-        # No checkpoint yet (killed early): start again from step 0 in the same directory.
-        return _train(config, run_dir, dataset, state, stream, dist, device)
+        with rundir.explaining_write_errors(run_dir):
+            if steps is not None or time_limit is not None:
+                distributed.agree(dist, lambda: config.save(run_dir / CONFIG_FILE), main_only=True)
+            # No checkpoint yet (killed early): start again from step 0 in the same directory.
+            return _train(config, run_dir, dataset, state, stream, dist, device)
 
 
 def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint: dict[str, Any] | None,
@@ -242,141 +225,279 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     objective = build_objective(config, len(dataset)).to(device)
     optimizer = make_adam(model.parameters(), config.lr, device)
-    generator = torch.Generator(device).manual_seed(config.seed)
-    autocast_dtype = resolve_precision(config.precision, device)
-    autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
-    sums: dict[str, Any] = {}  # logged terms summed since the last log step
-    sums_count = start = skipped = 0
-    trained_before = 0.0  # seconds of training before this call (a resumed run's clock goes on)
+    member = Member(config, run_dir, objective, torch.Generator(device).manual_seed(config.seed), SilentLog(),
+                    reconstruction_baseline(dataset, config.likelihood, config.likelihood_scale,
+                                            np.random.default_rng(config.seed)))
+    start, trained_before = 0, 0.0  # a resumed run's step and clock go on
     if checkpoint is not None:
         load_module_state(model, checkpoint["model"], run_dir)
-        load_optimizer_state(optimizer, checkpoint["optimizer"])
-        objective.load_state_dict(checkpoint["objective"])
-        objective.load_auxiliary_state(checkpoint["objective_auxiliary"])
-        generator.set_state(checkpoint["generator"])
+        try:
+            load_optimizer_state(optimizer, checkpoint["optimizer"])
+            objective.load_state_dict(checkpoint["objective"])
+            objective.load_auxiliary_state(checkpoint.get("objective_auxiliary"))
+            member.generator.set_state(checkpoint["generator"])
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+            raise CheckpointError(f"the checkpoint of step {checkpoint['step']} in {run_dir} does not fit this run "
+                                  f"({type(exc).__name__}: {exc}); was it written for another objective?") from exc
         sums = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in checkpoint["log_sums"].items()}
-        sums = distributed.local_share(sums, dist)
-        sums_count = checkpoint["log_count"]
-        skipped = checkpoint.get("skipped_steps", 0)
-        start = checkpoint["step"]
-        trained_before = float(checkpoint.get("elapsed_seconds", 0.0))
-    # DDP makes every process start from process 0's weights; compiling happens at the first step.
-    forward = _compiled(distributed.wrap(TrainingForward(model), dist, device), config.compile)
-    local = dist.local_slice(config.batch_size)  # this process's rows of every global batch
-    if dist.is_main:
-        truncate_metrics(run_dir, start)  # records after the checkpoint are written again
-
-    store = dataset.training_store(device)
-    baseline = reconstruction_baseline(dataset, config.likelihood, config.likelihood_scale, np.random.default_rng(config.seed))
-    spec = model_spec(config.arch, config.latents, dataset.image_shape, config.width)
-    time_limit = None if config.time_limit is None else config.time_limit * 60.0
-    log: TrainingLog | _Silent = _Silent()
-    if dist.is_main:
-        log = TrainingLog(run_dir, config.steps, start, stream, regulariser_label=objective.regulariser_label,
-                          diagnosis=LiveDiagnosis(objective.weight_label(), config.collapse_threshold, baseline,
-                                                  len(dataset)))
-    where = f"{device}" if not dist.enabled else (
-        f"{dist.world_size} torchrun processes ({device.type}, {config.batch_size // dist.world_size} images each)")
-    log.message(
-        f"betavae: training {config.objective} ({objective.weight_label()}) on {getattr(dataset, 'name', 'data')} "
-        f"({len(dataset)} images {tuple(dataset.image_shape)}) with {config.arch}"
-        f"{'' if config.width is None else f' (width {config.width})'}, {config.latents} latents, "
-        f"on {where}, precision {'bf16 (autocast; loss in fp32)' if autocast_dtype else 'fp32'}, "
-        f"compile {config.compile}; steps {start}..{config.steps}"
-        f"{'' if config.time_limit is None else f' or {config.time_limit:g} minutes of training'}; run directory {run_dir}"
-    )
-    model.train()
-    interval_start, interval_steps = time.perf_counter(), 0
-    started = time.perf_counter() - trained_before
-    if time_limit is not None and trained_before >= time_limit:
+        member.sums = distributed.local_share(sums, dist)
+        member.count, member.skipped = checkpoint["log_count"], checkpoint["skipped_steps"]
+        start, trained_before = checkpoint["step"], float(checkpoint["elapsed_seconds"])
+    if config.time_limit is not None and trained_before >= config.time_limit * 60.0:
         raise ConfigError(f"{run_dir} has trained {trained_before / 60:.1f} minutes, its --time-limit of "
                           f"{config.time_limit:g}; resume it with a larger time limit to train further.")
+    # DDP makes every process start from process 0's weights; compiling happens at the first step.
+    net = OneModel(model, _compiled(distributed.wrap(TrainingForward(model), dist, device), config.compile), optimizer)
+    if dist.is_main:
+        truncate_metrics(run_dir, start)  # records after the checkpoint are written again
+        member.log = open_log(member, start, stream, len(dataset))
+    where = f"{device}" if not dist.enabled else (
+        f"{dist.world_size} torchrun processes ({device.type}, {config.batch_size // dist.world_size} images each)")
+    member.log.message(start_message(member, dataset, device, where, start))
+    spec = model_spec(config.arch, config.latents, dataset.image_shape, config.width)
     try:
-        for step in range(start, config.steps):
-            # The global batch and noise, drawn as a single process draws them; this process's rows.
-            indices = torch.randint(len(store), (config.batch_size,), device=device, generator=generator)
-            eps = torch.randn((config.batch_size, config.latents), generator=generator, device=device)
-            x = store.batch(indices[local])  # (B, C, H, W) float32 in [0, 1]
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if config.compile == "cudagraphs":
-                torch.compiler.cudagraph_mark_step_begin()
-            with autocast():
-                mu, logvar, z, recon = forward(x, eps[local])
-            output = VAEOutput(mu=mu, logvar=logvar, z=z, recon=recon)
-            loss, logs = objective(output, x, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            # Under DDP the gradients, averaged over the processes, are the same on every process, so
-            # every process decides alike; a process's own loss is left out of that decision.
-            if config.skip_nonfinite and not _step_is_finite(None if dist.enabled else loss, model):
-                skipped += 1
-                log.message(f"betavae: step {step + 1}: loss or gradients are NaN/inf; step skipped "
-                            f"({skipped} of at most {config.skip_nonfinite})")
-                if skipped > config.skip_nonfinite:
-                    raise TrainingError(
-                        f"more than {config.skip_nonfinite} steps had NaN/inf loss or gradients (--skip-nonfinite); "
-                        f"lower --lr (now {config.lr:g}) or β and train again."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                for group in optimizer.param_groups:
-                    group["lr"] = config.learning_rate(step)
-                optimizer.step()
-                logs.update(objective.update_auxiliary(output, x, step))
-                for key, value in logs.items():  # summed on the device: no sync here
-                    value = value.detach() if isinstance(value, torch.Tensor) else value
-                    sums[key] = sums[key] + value if key in sums else value
-                sums_count += 1
-            log.advance()
-            interval_steps += 1
-            done = step + 1
-            # The time limit is checked every step on one process, on logging steps under torchrun
-            # (where process 0's clock decides for all).
-            out_of_time = time_limit is not None and (not dist.enabled or done % config.log_every == 0) and \
-                _out_of_time(time.perf_counter() - started >= time_limit, dist)
-            last = done == config.steps or out_of_time
-            is_log_step = done % config.log_every == 0 or last
-            is_checkpoint_step = done % config.checkpoint_every == 0 or last
-            if is_log_step or is_checkpoint_step:
-                # Global means (one all-reduce, on these steps only, under torchrun): every process
-                # sees the same numbers and so stops alike on NaN.
-                shared = distributed.mean_over_processes(sums, dist)
-                _check_finite(shared, model, done, config, run_dir, objective.weight_label())
-            if is_log_step and sums_count:  # (every step of the interval may have been skipped)
-                elapsed = time.perf_counter() - interval_start
-                speed = interval_steps * config.batch_size / elapsed  # the global batch: images of every process
-                log.write(log_record(shared, sums_count, done, config, speed, time.perf_counter() - started))
-                sums, shared, sums_count, interval_start, interval_steps = {}, {}, 0, time.perf_counter(), 0
-            if is_checkpoint_step and dist.is_main:
-                save_checkpoint(run_dir, done, {
-                    "step": done,
-                    "model_spec": spec,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "objective": objective.state_dict(),
-                    "objective_auxiliary": objective.auxiliary_state(),
-                    "generator": generator.get_state(),
-                    "log_sums": shared,
-                    "log_count": sums_count,
-                    "skipped_steps": skipped,
-                    "elapsed_seconds": time.perf_counter() - started,
-                }, keep=config.keep_checkpoints)
-            if out_of_time:
-                log.message(f"betavae: stopped at step {done} of {config.steps}: the time limit of "
-                            f"{config.time_limit:g} minutes of training is reached")
-                break
+        run_steps([member], net, dataset.training_store(device), spec, device, start,
+                  time.perf_counter() - trained_before, dist)
     finally:
-        log.close()
-
+        member.log.close()
+    if member.error is not None:
+        raise member.error
     if not dist.is_main:
         return run_dir
-    save_model(run_dir / MODEL_FILE, model, spec)
+    return finish(run_dir, config, model, spec, dataset, objective.weight_label(), member.baseline, member.log)
+
+
+@dataclass
+class Member:
+    """One model's run in the step loop: its config, directory, objective, random stream and logged terms."""
+
+    config: TrainConfig
+    run_dir: Path
+    objective: Objective
+    generator: torch.Generator  # its batch indices, then its noise, every step
+    log: TrainingLog | SilentLog
+    baseline: float  # the reconstruction NLL of a decoder that ignores z (for the diagnosis)
+    sums: dict[str, Any] = field(default_factory=dict)  # logged terms summed on the device since the last log
+    count: int = 0  # steps in ``sums``
+    skipped: int = 0  # steps skipped for NaN/inf (--skip-nonfinite)
+    interval_start: float = field(default_factory=time.perf_counter)
+    interval_steps: int = 0
+    error: Exception | None = None  # why it stopped early (NaN loss or weights)
+
+
+def open_log(member: Member, start: int, stream: TextIO | None, dataset_size: int) -> TrainingLog:
+    """The member's training log, watching each record for KL collapse, KL above log N and dims that
+    collapse (the live diagnosis)."""
+    config, objective = member.config, member.objective
+    diagnosis = LiveDiagnosis(objective.weight_label(), config.collapse_threshold, member.baseline, dataset_size)
+    return TrainingLog(member.run_dir, config.steps, start, stream, regulariser_label=objective.regulariser_label,
+                       diagnosis=diagnosis)
+
+
+class OneModel:
+    """The network of a single run for :func:`run_steps`: its model, the forward pass (in DDP, compiled,
+    as asked) and its Adam. :class:`betavae.training.parallel.Stack` is the same for several models."""
+
+    def __init__(self, model: VAE, forward: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self._forward, self.optimizer = model, forward, optimizer
+        model.train()
+
+    def forward(self, xs: list[torch.Tensor], eps: list[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
+        """[(mu, logvar, z, recon)] for the one batch ``xs[0]`` (B, C, H, W) and noise ``eps[0]`` (B, z)."""
+        return [self._forward(xs[0], eps[0])]
+
+    def weights(self, row: int) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def optimizer_state(self, row: int) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def finite_rows(self) -> torch.Tensor:
+        """(1,) bool: whether every weight is finite (no sync)."""
+        return torch.stack([torch.isfinite(p.detach()).all() for p in self.model.parameters()]).all().reshape(1)
+
+    def step_is_finite(self, loss: torch.Tensor | None) -> bool:
+        """Whether the loss (if given) and every gradient are finite (one device sync)."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        total = sum(g.sum() for g in grads) * 0.0  # NaN/inf anywhere makes this non-finite
+        if loss is not None:
+            total = loss.detach() + total
+        return bool(torch.isfinite(torch.as_tensor(total)))
+
+    def keep(self, rows: list[int]) -> None:
+        pass  # a single model that failed ends the loop
+
+
+def start_message(member: Member, dataset: ImageDataset, device: torch.device, where: str, start: int) -> str:
+    """The line a run starts with: what trains on what, where, how, and for how long."""
+    c = member.config
+    precision = resolve_precision(c.precision, device)
+    return (f"betavae: training {c.objective} ({member.objective.weight_label()}) on "
+            f"{getattr(dataset, 'name', 'data')} ({len(dataset)} images {tuple(dataset.image_shape)}) with {c.arch}"
+            f"{'' if c.width is None else f' (width {c.width})'}, {c.latents} latents, on {where}, precision "
+            f"{'bf16 (autocast; loss in fp32)' if precision else 'fp32'}, compile {c.compile}; steps {start}..{c.steps}"
+            f"{'' if c.time_limit is None else f' or {c.time_limit:g} minutes of training'}; run directory {member.run_dir}")
+
+
+def run_steps(members: list[Member], net: Any, store: Any, spec: dict[str, Any], device: torch.device, start: int,
+              started: float, dist: Distributed = distributed.SINGLE) -> None:
+    """The training loop, from step ``start``: for one model (``net`` a :class:`OneModel`), or for several
+    trained together as one batched computation (``net`` a ``parallel.Stack``), which share the config
+    fields that shape a step (``parallel.SHARED_FIELDS``). Each member draws its own batch and noise,
+    is scored by its own objective, logs and checkpoints as its config says; one whose loss or weights
+    turn NaN/inf leaves with its ``error`` set while the others go on. ``spec`` describes their network,
+    ``store`` holds the training images on ``device``; ``started`` is the ``time.perf_counter()`` the time
+    limit counts from.
+    """
+    config = members[0].config  # the shared fields
+    autocast_dtype = resolve_precision(config.precision, device)
+    autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
+    channels_last = is_convolutional(config.arch)
+    local = dist.local_slice(config.batch_size)  # this process's rows of every global batch
+    time_limit = None if config.time_limit is None else config.time_limit * 60.0
+    together = len(members) > 1
+    active = list(members)
+    for member in active:
+        member.interval_start, member.interval_steps = time.perf_counter(), 0
+    for step in range(start, config.steps):
+        xs, noise = [], []
+        for member in active:  # the global batch and noise, drawn as a single process draws them; this process's rows
+            indices = torch.randint(len(store), (config.batch_size,), device=device, generator=member.generator)
+            eps = torch.randn((config.batch_size, config.latents), generator=member.generator, device=device)
+            x = store.batch(indices[local])  # (B, C, H, W) float32 in [0, 1]
+            xs.append(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+            noise.append(eps[local])
+        if config.compile == "cudagraphs":
+            torch.compiler.cudagraph_mark_step_begin()
+        with autocast():
+            outputs = net.forward(xs, noise)
+        total, scored = None, []
+        for member, x, (mu, logvar, z, recon) in zip(active, xs, outputs):
+            output = VAEOutput(mu=mu, logvar=logvar, z=z, recon=recon)
+            loss, logs = member.objective(output, x, step)
+            scored.append((output, logs))
+            total = loss if total is None else total + loss  # d(total)/d(a member's weights) = its own gradient
+        net.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        # Under DDP the gradients, averaged over the processes, are the same on every process, so
+        # every process decides alike; a process's own loss is left out of that decision.
+        if config.skip_nonfinite and not net.step_is_finite(None if dist.enabled else total):
+            member = active[0]  # (models trained together take every step: skip_nonfinite is 0 for them)
+            member.skipped += 1
+            member.log.message(f"betavae: step {step + 1}: loss or gradients are NaN/inf; step skipped "
+                               f"({member.skipped} of at most {config.skip_nonfinite})")
+            if member.skipped > config.skip_nonfinite:
+                raise TrainingError(
+                    f"more than {config.skip_nonfinite} steps had NaN/inf loss or gradients (--skip-nonfinite); "
+                    f"lower --lr (now {config.lr:g}) or β and train again."
+                )
+            net.optimizer.zero_grad(set_to_none=True)
+        else:
+            for group in net.optimizer.param_groups:
+                group["lr"] = config.learning_rate(step)
+            net.optimizer.step()
+            for member, x, (output, logs) in zip(active, xs, scored):
+                logs.update(member.objective.update_auxiliary(output, x, step))
+                for key, value in logs.items():  # summed on the device: no sync here
+                    value = value.detach() if isinstance(value, torch.Tensor) else value
+                    member.sums[key] = member.sums[key] + value if key in member.sums else value
+                member.count += 1
+        for member in active:
+            member.log.advance()
+            member.interval_steps += 1
+        done = step + 1
+        # The time limit is checked every step on one process, on logging steps under torchrun
+        # (where process 0's clock decides for all).
+        out_of_time = time_limit is not None and (not dist.enabled or done % config.log_every == 0) and \
+            _out_of_time(time.perf_counter() - started >= time_limit, dist)
+        last = done == config.steps or out_of_time
+        due = [(row, m) for row, m in enumerate(active)
+               if last or done % m.config.log_every == 0 or done % m.config.checkpoint_every == 0]
+        if not due:
+            continue
+        shared, failed = _check_finite(due, net, done, dist, together)
+        for row, member in due:
+            if row in failed:
+                continue
+            c = member.config
+            if (last or done % c.log_every == 0) and member.count:  # (every step of the interval may have been skipped)
+                now = time.perf_counter()
+                speed = member.interval_steps * c.batch_size / (now - member.interval_start)  # the global batch
+                member.log.write(log_record(shared[row], member.count, done, c, speed, now - started))
+                member.sums, shared[row], member.count, member.interval_start, member.interval_steps = {}, {}, 0, now, 0
+            if (last or done % c.checkpoint_every == 0) and dist.is_main:
+                save_checkpoint(member.run_dir, done, {
+                    "step": done,
+                    "model_spec": spec,
+                    "model": net.weights(row),
+                    "optimizer": net.optimizer_state(row),
+                    "objective": member.objective.state_dict(),
+                    "objective_auxiliary": member.objective.auxiliary_state(),
+                    "generator": member.generator.get_state(),
+                    "log_sums": shared[row],
+                    "log_count": member.count,
+                    "skipped_steps": member.skipped,
+                    "elapsed_seconds": time.perf_counter() - started,
+                    **rundir.config_record(c),
+                }, keep=c.keep_checkpoints)
+            if out_of_time:
+                member.log.message(f"betavae: stopped at step {done} of {c.steps}: the time limit of "
+                                   f"{c.time_limit:g} minutes of training is reached")
+        if failed:  # they leave; the others go on with their weights and Adam state unchanged
+            keep = [row for row in range(len(active)) if row not in failed]
+            active = [active[row] for row in keep]
+            if not active:
+                return
+            net.keep(keep)
+        if out_of_time:
+            return
+
+
+def _check_finite(due: list[tuple[int, Member]], net: Any, step: int, dist: Distributed,
+                  together: bool) -> tuple[dict[int, dict[str, Any]], set[int]]:
+    """Each due member's logged sums as means over the processes (one all-reduce each under torchrun, so
+    every process sees the same numbers and stops alike on NaN), and the rows whose logged loss or weights
+    are NaN/inf (one device sync); each of those gets its ``error``."""
+    shared = {row: distributed.mean_over_processes(m.sums, dist) for row, m in due}
+    weights_ok = net.finite_rows()
+    loss_ok = [torch.isfinite(torch.as_tensor(shared[row]["loss"], dtype=torch.float32, device=weights_ok.device)).all()
+               if "loss" in shared[row] else torch.ones((), dtype=torch.bool, device=weights_ok.device) for row, _ in due]
+    ok = (weights_ok[[row for row, _ in due]] & torch.stack(loss_ok)).tolist()
+    failed = set()
+    for (row, member), fine in zip(due, ok):
+        if fine:
+            continue
+        c = member.config
+        checkpoints = list_checkpoints(member.run_dir)
+        kept = (f"The last good checkpoint, {checkpoints[-1]}, is kept." if checkpoints
+                else "No checkpoint had been written yet.")
+        member.error = TrainingError(
+            f"the loss or the weights became NaN or infinite by step {step}. Likely causes: a learning rate too high "
+            f"(--lr {c.lr:g}), a very large regularisation weight ({member.objective.weight_label()}), or a likelihood "
+            f"scale too small (--likelihood-scale {c.likelihood_scale:g}). {kept} Lower --lr and train again, or "
+            + ("train this model alone with --skip-nonfinite N" if together else "pass --skip-nonfinite N")
+            + " to skip a few bad steps."
+        )
+        if together:  # a single run's error is the caller's to raise
+            member.log.message(f"betavae: error: {member.error}")
+        failed.add(row)
+    return shared, failed
+
+
+def finish(run_dir: Path, config: TrainConfig, model: VAE, spec: dict[str, Any], dataset: ImageDataset,
+           weight_label: str, baseline: float, log: TrainingLog) -> Path:
+    """After the last step (the newest checkpoint's): diagnosis, figures and report, then the final weights.
+
+    The model file comes last, saying its step: a run whose model is of its newest checkpoint is
+    finished, and a run stopped before (a full disk while drawing figures) resumes from that
+    checkpoint to finish.
+    """
+    step = rundir.checkpoint_step(list_checkpoints(run_dir)[-1])
     history = read_metrics(run_dir)
     if not history:
         raise TrainingError(f"no training step of {run_dir} succeeded, so there is nothing to diagnose; lower --lr.")
-    diagnosis = diagnose_run(history, objective.weight_label(), config.collapse_threshold, baseline, len(dataset))
-    write_json_atomic(run_dir / "diagnosis.json", diagnosis)
+    diagnosis = diagnose_run(history, weight_label, config.collapse_threshold, baseline, len(dataset))
+    write_json_atomic(run_dir / DIAGNOSIS_FILE, diagnosis)
     log.message("betavae: diagnosis\n" + format_diagnosis(diagnosis))
     if config.figures:
         from betavae.report.figures import make_figures
@@ -386,6 +507,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
         from betavae.report import run_report
 
         log.message(f"betavae: report in {run_report(run_dir, model, dataset, seed=config.seed)}")
+    save_model(run_dir / MODEL_FILE, model, spec, step)
     log.message(f"betavae: done; model, logs and figures are in {run_dir}")
     return run_dir
 
@@ -397,31 +519,6 @@ def _out_of_time(mine: bool, dist: Distributed) -> bool:
     decision = [mine]
     torch.distributed.broadcast_object_list(decision, src=0)
     return bool(decision[0])
-
-
-def _step_is_finite(loss: torch.Tensor | None, model: VAE) -> bool:
-    """Whether the loss (if given) and every gradient are finite (one device sync)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    total = sum(g.sum() for g in grads) * 0.0  # NaN/inf anywhere makes this non-finite
-    if loss is not None:
-        total = loss.detach() + total
-    return bool(torch.isfinite(torch.as_tensor(total)))
-
-
-def _check_finite(sums: dict[str, Any], model: VAE, step: int, config: TrainConfig, run_dir: Path,
-                  weight: str) -> None:
-    """Stop with a clear message when the logged loss or the weights are NaN/inf (before any checkpoint)."""
-    loss = sums.get("loss")
-    bad_loss = loss is not None and not math.isfinite(float(loss))
-    if bad_loss or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        checkpoints = list_checkpoints(run_dir)
-        kept = f"The last good checkpoint, {checkpoints[-1]}, is kept." if checkpoints else "No checkpoint had been written yet."
-        raise TrainingError(
-            f"the loss or the weights became NaN or infinite by step {step}. Likely causes: a learning rate too high "
-            f"(--lr {config.lr:g}), a very large regularisation weight ({weight}), or a likelihood scale too small "
-            f"(--likelihood-scale {config.likelihood_scale:g}). {kept} Lower --lr and train again, or "
-            "pass --skip-nonfinite N to skip a few bad steps."
-        )
 
 
 def log_record(sums: dict[str, Any], count: int, step: int, config: TrainConfig, images_per_second: float,
@@ -438,11 +535,20 @@ def log_record(sums: dict[str, Any], count: int, step: int, config: TrainConfig,
     return record
 
 
-def save_model(path: Path, model: VAE, model_spec: dict[str, Any]) -> None:
-    """Final weights as safetensors, the model's architecture in the file's metadata."""
+def save_model(path: Path, model: VAE, model_spec: dict[str, Any], step: int | None = None) -> None:
+    """Final weights as safetensors, the model's architecture (and the step it reached) in the file's metadata."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    data = save(state, metadata={"betavae_model": json.dumps(model_spec)})
-    write_bytes_atomic(path, data)
+    metadata = {"betavae_model": json.dumps(model_spec)} | ({} if step is None else {"betavae_step": str(step)})
+    write_bytes_atomic(path, save(state, metadata=metadata))
+
+
+def model_step(path: Path) -> int | None:
+    """The training step a model file was saved at; None when it does not say (written before it did)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return int((f.metadata() or {})["betavae_step"])
+    except (KeyError, ValueError, OSError, SafetensorError):
+        return None
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> VAE:

@@ -7,7 +7,10 @@ parameters are stacked along a leading model axis (``torch.func.stack_module_sta
 training forward pass runs once per step under ``torch.vmap`` over that axis
 (``torch.func.functional_call``).
 
-Every member is the model ``betavae.train`` would train from its config, up to float reassociation:
+The step loop is the training loop's own (:func:`betavae.training.loop.run_steps`); this module
+holds what differs: the checks that configs can train together and :class:`Stack`, the stacked
+network. Every member is the model ``betavae.train`` would train from its config, up to float
+reassociation:
 
 * weights are initialised as the training loop does (the model its spec describes, under its seed);
 * each member has its own generator, seeded like the loop's, from which it draws its batch indices
@@ -32,7 +35,6 @@ import copy
 import io
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
@@ -42,18 +44,15 @@ from torch.func import functional_call, stack_module_state
 
 from betavae.data import ImageDataset, dataset_from_config
 from betavae.errors import ConfigError, TrainingError
-from betavae.files import write_json_atomic
 from betavae.models import VAE, is_convolutional, model_from_spec, model_spec
 from betavae.models.architectures import check_image_shape
-from betavae.models.vae import VAEOutput
-from betavae.objectives import Objective, build_objective
-from betavae.training.checkpoint import list_checkpoints, save_checkpoint
+from betavae.objectives import build_objective
 from betavae.training.config import TrainConfig
-from betavae.training.diagnostics import LiveDiagnosis, diagnose_run, format_diagnosis, reconstruction_baseline
-from betavae.training.logging import TrainingLog, read_metrics, truncate_metrics
-from betavae.training import distributed
-from betavae.training.loop import (MODEL_FILE, TrainingForward, load_optimizer_state, log_record, make_adam,
-                                   prepare_run_dir, resolve_device, resolve_precision, save_model)
+from betavae.training.diagnostics import reconstruction_baseline
+from betavae.training.logging import truncate_metrics
+from betavae.training import distributed, rundir
+from betavae.training.loop import (Member, SilentLog, TrainingForward, finish, load_optimizer_state, make_adam,
+                                   open_log, resolve_device, run_steps, start_message)
 
 #: Config fields every member of a group must share: they fix the network, the data, the batch
 #: shape, the one optimizer and when the group stops. Everything else (objective and its weights, likelihood, seed,
@@ -101,14 +100,6 @@ def check_group(configs: Sequence[TrainConfig]) -> None:
         seen[path] = i
 
 
-def _check_run_dir(config: TrainConfig) -> None:
-    """The refusal ``prepare_run_dir`` would raise for ``config``, raised before any directory is made."""
-    run_dir = config.run_dir()
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        if not config.overwrite or not (run_dir / "config.json").is_file():
-            prepare_run_dir(config)  # raises its own message: already exists / not a betavae run
-
-
 def train_many(configs: Sequence[TrainConfig], stream: TextIO | None = None) -> list[Path]:
     """Train every config's model together in one batched computation; their run directories, in order.
 
@@ -150,20 +141,24 @@ def train_group(configs: Sequence[TrainConfig], streams: Sequence[TextIO]) -> li
         raise ConfigError(f"batch size {configs[0].batch_size} exceeds the {len(dataset)} images of the dataset; "
                           "lower --batch-size.")
     for config in configs:
-        _check_run_dir(config)
-    run_dirs = []
-    for config in configs:
-        run_dir = prepare_run_dir(config)
-        config.save(run_dir / "config.json")
-        run_dirs.append(run_dir)
-    return _train_together(configs, run_dirs, dataset, list(streams))
+        rundir.check_new(config)
+    with contextlib.ExitStack() as held:  # every member's lock, held until the group is done
+        run_dirs = [held.enter_context(rundir.create(config)).run_dir for config in configs]
+        try:
+            return _train_together(configs, run_dirs, dataset, list(streams))
+        except OSError as exc:  # a full disk while training: the message names the run it hit
+            failed = Path(exc.filename or run_dirs[0]).resolve()
+            raise rundir.write_error(exc, next((d for d in run_dirs if failed.is_relative_to(d.resolve())),
+                                               run_dirs[0])) from exc
 
 
-class _Stack:
-    """The members' parameters stacked on a leading model axis, their network under vmap, one Adam."""
+class Stack:
+    """The network of several models trained together, for :func:`betavae.training.loop.run_steps`: their
+    parameters stacked on a leading model axis, the training forward pass under vmap, one Adam."""
 
     def __init__(self, models: list[VAE], lr: float):
         self.params, self.buffers = stack_module_state(models)
+        self.models = [model.to("cpu") for model in models]  # each member's weights copied here for its checkpoints
         # the training loop's forward pass (noise given, outputs in fp32); its tensors come stacked
         self.net = TrainingForward(copy.deepcopy(models[0]).to("meta"))
         self.optimizer = make_adam(list(self.params.values()), lr, next(iter(self.params.values())).device)
@@ -174,9 +169,10 @@ class _Stack:
         tensors = {f"vae.{k}": v for k, v in params.items()} | {f"vae.{k}": v for k, v in buffers.items()}
         return functional_call(self.net, tensors, (x, eps))
 
-    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(mu, logvar, z, recon), each with a leading model axis, for ``x`` (K, B, C, H, W), ``eps`` (K, B, z)."""
-        return self._batched(self.params, self.buffers, x, eps)
+    def forward(self, xs: list[torch.Tensor], eps: list[torch.Tensor]) -> list[tuple[torch.Tensor, ...]]:
+        """Per member (mu, logvar, z, recon) for its batch ``xs[k]`` (B, C, H, W) and noise ``eps[k]`` (B, z)."""
+        outputs = self._batched(self.params, self.buffers, torch.stack(xs), torch.stack(eps))  # each (K, B, ...)
+        return [tuple(t[row] for t in outputs) for row in range(len(xs))]
 
     def copy_into(self, row: int, model: VAE) -> VAE:
         """Member ``row``'s current weights, written into ``model`` (for its state dict and figures)."""
@@ -186,6 +182,10 @@ class _Stack:
             for name, b in model.named_buffers():
                 b.copy_(self.buffers[name][row])
         return model
+
+    def weights(self, row: int) -> dict[str, torch.Tensor]:
+        """Member ``row``'s state dict, as its model alone would hold it."""
+        return self.copy_into(row, self.models[row]).state_dict()
 
     def optimizer_state(self, row: int) -> dict[str, Any]:
         """Member ``row``'s Adam state dict, as ``torch.optim.Adam(model.parameters())`` would hold it."""
@@ -204,6 +204,7 @@ class _Stack:
         index = torch.tensor(rows, device=next(iter(self.params.values())).device)
         self.params = {k: v.detach().index_select(0, index).requires_grad_(True) for k, v in self.params.items()}
         self.buffers = {k: v.index_select(0, index) for k, v in self.buffers.items()}
+        self.models = [self.models[row] for row in rows]
         self.optimizer = make_adam(list(self.params.values()), old["param_groups"][0]["lr"], index.device)
         load_optimizer_state(self.optimizer, {
             "state": {i: {k: v.index_select(0, index.to(v.device)) if v.ndim else v.clone() for k, v in s.items()}
@@ -219,211 +220,48 @@ def _row(value: Any, row: int) -> Any:
     return copy.deepcopy(value)
 
 
-@dataclass
-class _Member:
-    """One model of the group and everything the training loop keeps for a run."""
-
-    config: TrainConfig
-    run_dir: Path
-    model: VAE
-    objective: Objective
-    generator: torch.Generator
-    log: TrainingLog
-    baseline: float
-    sums: dict[str, Any] = field(default_factory=dict)
-    count: int = 0
-    interval_start: float = 0.0
-    interval_steps: int = 0
-    error: Exception | None = None
-
-
 def _train_together(configs: list[TrainConfig], run_dirs: list[Path], dataset: ImageDataset,
                     streams: list[TextIO]) -> list[Path | Exception]:
     device = resolve_device(configs[0].device)
     first = configs[0]
     channels_last = is_convolutional(first.arch)
-    store = dataset.training_store(device)
-    precision = "bf16 (autocast; loss in fp32)" if resolve_precision(first.precision, device) else "fp32"
     spec = model_spec(first.arch, first.latents, dataset.image_shape, first.width)
-    members: list[_Member] = []
+    members: list[Member] = []
+    models: list[VAE] = []
     try:
         for config, run_dir, stream in zip(configs, run_dirs, streams):
             with torch.random.fork_rng(devices=[]):  # the weights betavae.train would start from
                 torch.manual_seed(config.seed)
                 model = model_from_spec(spec)
-            model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+            models.append(model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format))
             objective = build_objective(config, len(dataset)).to(device)
             truncate_metrics(run_dir, 0)
-            baseline = reconstruction_baseline(dataset, config.likelihood, config.likelihood_scale,
-                                               np.random.default_rng(config.seed))
-            log = TrainingLog(run_dir, config.steps, 0, stream, regulariser_label=objective.regulariser_label,
-                              diagnosis=LiveDiagnosis(objective.weight_label(), config.collapse_threshold, baseline,
-                                                      len(dataset)))
-            members.append(_Member(config, run_dir, model.train(), objective,
-                                   torch.Generator(device).manual_seed(config.seed), log, baseline))
-            log.message(
-                f"betavae: training {config.objective} ({objective.weight_label()}) on "
-                f"{getattr(dataset, 'name', 'data')} ({len(dataset)} images {tuple(dataset.image_shape)}) with "
-                f"{config.arch}{'' if config.width is None else f' (width {config.width})'}, {config.latents} "
-                f"latents, on {device}, precision {precision}, one of {len(configs)} models trained together; "
-                f"steps 0..{config.steps}"
-                f"{'' if config.time_limit is None else f' or {config.time_limit:g} minutes of training'}; "
-                f"run directory {run_dir}"
-            )
-        stack = _Stack([m.model for m in members], first.lr)
-        for member in members:  # the stack holds the weights on the device; these copies serve checkpoints
-            member.model.to("cpu")
-        _run_steps(members, stack, store, first, spec, device, channels_last)
+            members.append(Member(config, run_dir, objective, torch.Generator(device).manual_seed(config.seed), SilentLog(),
+                                  reconstruction_baseline(dataset, config.likelihood, config.likelihood_scale,
+                                                          np.random.default_rng(config.seed))))
+            members[-1].log = log = open_log(members[-1], 0, stream, len(dataset))
+            log.message(start_message(members[-1], dataset, device,
+                                      f"{device} as one of {len(configs)} models trained together", 0))
+        stack = Stack(models, first.lr)
+        run_steps(members, stack, dataset.training_store(device), spec, device, 0, time.perf_counter())
     finally:
         for member in members:
             member.log.close()
-    active = [m for m in members if m.error is None]
-    for row, member in enumerate(active):
-        stack.copy_into(row, member.model).to(device)  # final weights, on the device as betavae.train leaves them
     outcomes: list[Path | Exception] = []
+    row = 0
     for member in members:
         if member.error is not None:
             outcomes.append(member.error)
             continue
+        model = stack.copy_into(row, stack.models[row]).to(device)  # final weights, where betavae.train leaves them
+        row += 1
         try:
-            outcomes.append(_finish(member, dataset, spec))
+            with rundir.explaining_write_errors(member.run_dir):
+                outcomes.append(finish(member.run_dir, member.config, model, spec, dataset,
+                                       member.objective.weight_label(), member.baseline, member.log))
         except Exception as exc:  # noqa: BLE001 - one model's failed figures do not undo the others
             outcomes.append(exc)
     return outcomes
-
-
-def _run_steps(members: list[_Member], stack: _Stack, store: Any, config: TrainConfig, spec: dict[str, Any],
-               device: torch.device, channels_last: bool) -> None:
-    """The training loop of ``betavae.train``, for every member at once."""
-    batch, latents = config.batch_size, config.latents
-    autocast_dtype = resolve_precision(config.precision, device)
-    autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
-    time_limit = None if config.time_limit is None else config.time_limit * 60.0  # shared: the group stops as one
-    active = list(members)
-    started = time.perf_counter()
-    for member in active:
-        member.interval_start = started
-    for step in range(config.steps):
-        xs, noise = [], []
-        for member in active:  # each member's own stream, in the loop's order: batch indices, then noise
-            indices = torch.randint(len(store), (batch,), device=device, generator=member.generator)
-            xs.append(store.batch(indices))
-            noise.append(torch.randn((batch, latents), generator=member.generator, device=device))
-        x = torch.stack(xs)  # (K, B, C, H, W)
-        with autocast():
-            mu, logvar, z, recon = stack.forward(x, torch.stack(noise))
-        outputs, logs, total = [], [], None
-        for row, member in enumerate(active):
-            output = VAEOutput(mu=mu[row], logvar=logvar[row], z=z[row], recon=recon[row])
-            member_x = xs[row].contiguous(memory_format=torch.channels_last) if channels_last else xs[row]
-            loss, member_logs = member.objective(output, member_x, step)
-            outputs.append((output, member_x))
-            logs.append(member_logs)
-            total = loss if total is None else total + loss  # d(total)/d(member's weights) = its own gradient
-        stack.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        for group in stack.optimizer.param_groups:
-            group["lr"] = config.learning_rate(step)
-        stack.optimizer.step()
-        done = step + 1
-        out_of_time = time_limit is not None and time.perf_counter() - started >= time_limit
-        last = done == config.steps or out_of_time
-        for member, member_logs, (output, member_x) in zip(active, logs, outputs):
-            member_logs.update(member.objective.update_auxiliary(output, member_x, step))
-            for key, value in member_logs.items():  # summed on the device: no sync here
-                value = value.detach() if isinstance(value, torch.Tensor) else value
-                member.sums[key] = member.sums[key] + value if key in member.sums else value
-            member.count += 1
-            member.log.advance()
-            member.interval_steps += 1
-        due = [(row, m) for row, m in enumerate(active)
-               if last or done % m.config.log_every == 0 or done % m.config.checkpoint_every == 0]
-        if not due:
-            continue
-        failed = _check_finite(due, stack, done)
-        for row, member in due:
-            if row in failed:
-                continue
-            c = member.config
-            if (last or done % c.log_every == 0) and member.count:
-                now = time.perf_counter()
-                speed = member.interval_steps * c.batch_size / (now - member.interval_start)
-                member.log.write(log_record(member.sums, member.count, done, c, speed, now - started))
-                member.sums, member.count, member.interval_start, member.interval_steps = {}, 0, now, 0
-            if last or done % c.checkpoint_every == 0:
-                save_checkpoint(member.run_dir, done, {
-                    "step": done,
-                    "model_spec": spec,
-                    "model": stack.copy_into(row, member.model).state_dict(),
-                    "optimizer": stack.optimizer_state(row),
-                    "objective": member.objective.state_dict(),
-                    "objective_auxiliary": member.objective.auxiliary_state(),
-                    "generator": member.generator.get_state(),
-                    "log_sums": member.sums,
-                    "log_count": member.count,
-                    "skipped_steps": 0,
-                    "elapsed_seconds": time.perf_counter() - started,
-                }, keep=c.keep_checkpoints)
-            if out_of_time:
-                member.log.message(f"betavae: stopped at step {done} of {c.steps}: the time limit of "
-                                   f"{c.time_limit:g} minutes of training is reached")
-        if failed:  # they leave the group; the others go on with their weights and Adam state unchanged
-            keep = [row for row in range(len(active)) if row not in failed]
-            active = [active[row] for row in keep]
-            if not active:
-                return
-            stack.keep(keep)
-        if out_of_time:
-            return
-
-
-def _check_finite(due: list[tuple[int, _Member]], stack: _Stack, step: int) -> set[int]:
-    """Rows of ``due`` whose logged loss or weights are NaN/inf (one device sync); each gets the loop's error."""
-    weights_ok = stack.finite_rows()
-    losses = [m.sums.get("loss") for _, m in due]
-    loss_ok = [torch.isfinite(torch.as_tensor(v, dtype=torch.float32, device=weights_ok.device)).all()
-               if v is not None else torch.ones((), dtype=torch.bool, device=weights_ok.device) for v in losses]
-    ok = (weights_ok[[row for row, _ in due]] & torch.stack(loss_ok)).tolist()
-    failed = set()
-    for (row, member), fine in zip(due, ok):
-        if fine:
-            continue
-        c = member.config
-        checkpoints = list_checkpoints(member.run_dir)
-        kept = (f"The last good checkpoint, {checkpoints[-1]}, is kept." if checkpoints
-                else "No checkpoint had been written yet.")
-        member.error = TrainingError(
-            f"the loss or the weights became NaN or infinite by step {step}. Likely causes: a learning rate too high "
-            f"(--lr {c.lr:g}), a very large regularisation weight ({member.objective.weight_label()}), or a likelihood "
-            f"scale too small (--likelihood-scale {c.likelihood_scale:g}). {kept} Lower --lr and train again, or "
-            "train this model alone with --skip-nonfinite N to skip a few bad steps."
-        )
-        member.log.message(f"betavae: error: {member.error}")
-        failed.add(row)
-    return failed
-
-
-def _finish(member: _Member, dataset: ImageDataset, spec: dict[str, Any]) -> Path:
-    """What ``betavae.train`` does after its last step: final weights, diagnosis, figures and report."""
-    run_dir, config, log = member.run_dir, member.config, member.log
-    save_model(run_dir / MODEL_FILE, member.model, spec)
-    history = read_metrics(run_dir)
-    if not history:
-        raise TrainingError(f"no training step of {run_dir} succeeded, so there is nothing to diagnose; lower --lr.")
-    diagnosis = diagnose_run(history, member.objective.weight_label(), config.collapse_threshold, member.baseline,
-                             len(dataset))
-    write_json_atomic(run_dir / "diagnosis.json", diagnosis)
-    log.message("betavae: diagnosis\n" + format_diagnosis(diagnosis))
-    if config.figures:
-        from betavae.report.figures import make_figures
-
-        figures = make_figures(run_dir, member.model.eval(), dataset, history, diagnosis, seed=config.seed)
-        log.message(f"betavae: figures in {figures}")
-        from betavae.report import run_report
-
-        log.message(f"betavae: report in {run_report(run_dir, member.model, dataset, seed=config.seed)}")
-    log.message(f"betavae: done; model, logs and figures are in {run_dir}")
-    return run_dir
 
 
 class _Prefixed(io.TextIOBase):
