@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from betavae.data.arrays import open_npz, pickle_error
-from betavae.data.base import GroundTruthDataset, ImageStore, pack_binary, unpack_binary_torch
+from betavae.data.base import GroundTruthDataset, ImageStore, pack_binary
 from betavae.data.cache import load_or_build
 from betavae.errors import DataError
 
@@ -230,9 +230,9 @@ class DSprites(GroundTruthDataset):
 
     def images(self, indices: np.ndarray) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
-        if self._packed is not None:
-            rows = torch.from_numpy(self._packed[indices])
-            return unpack_binary_torch(rows, IMAGE_SIZE * IMAGE_SIZE).view(-1, 1, 64, 64).numpy()
+        if self._packed is not None:  # numpy's unpacking: about 3x faster here than the device-side one
+            bits = np.unpackbits(self._packed[indices], axis=1, count=IMAGE_SIZE * IMAGE_SIZE)
+            return bits.reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE).astype(np.float32)
         return render(self.index_to_factors(indices)).astype(np.float32)[:, None]
 
     def training_store(self, device: torch.device | str = "cpu") -> ImageStore:

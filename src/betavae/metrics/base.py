@@ -17,6 +17,8 @@ different batch shapes.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
@@ -144,6 +146,26 @@ def encode_images(encode: Encode, images: np.ndarray) -> Encoded:
 
 #: ``progress(done, total)``: images encoded so far of those asked for.
 EncodeProgress = Callable[[int, int], None]
+#: Images encoded between two hand-backs of freed memory (see :func:`_return_freed_memory`).
+TRIM_EVERY_IMAGES = 65536
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+
+
+def _return_freed_memory() -> None:
+    """Hand memory the allocator holds free back to the system (glibc's ``malloc_trim``; elsewhere
+    nothing). Encoding allocates and frees the same large buffers thousands of times, and glibc keeps
+    them in per-thread heaps where they fragment: over dSprites' 724k images the process grew to
+    2-3 GB, against under 1 GB when trimmed every 64k images (at no measurable cost)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def encode_indices(dataset: ImageDataset, encode: Encode, indices: np.ndarray, batch_size: int,
@@ -161,6 +183,8 @@ def encode_indices(dataset: ImageDataset, encode: Encode, indices: np.ndarray, b
             batch = np.concatenate([batch, np.full(batch_size - n, batch[-1])])
         encoded = encode_images(encode, np.asarray(dataset.images(batch), dtype=np.float32)).take(slice(0, n))
         parts.append(encoded if posterior else encoded.codes_only())
+        if (start // batch_size + 1) % max(1, TRIM_EVERY_IMAGES // batch_size) == 0:
+            _return_freed_memory()
         if progress is not None:
             progress(start + n, len(indices))
     if not parts:
