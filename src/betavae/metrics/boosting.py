@@ -45,10 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-try:  # numba compiles the tree growing; without it the same code runs (slowly) as Python
-    from numba import njit, prange
-except ImportError:  # pragma: no cover - numba is a dependency; kept importable for inspection
-    njit = None
+from numba import njit, prange
 
 #: scikit-learn's ``FEATURE_THRESHOLD``: consecutive values closer than this are not split between.
 FEATURE_THRESHOLD = 1e-7
@@ -63,6 +60,7 @@ LEARNING_RATE = 0.1
 MAX_DEPTH = 3
 
 
+@njit(parallel=True, cache=True, nogil=True)
 def _grow_stage(order, values, codes, gradient, hessian_scale, max_depth, learning_rate, rank,
                 features, thresholds, is_split, leaf_values, importances, raw, targets):
     """Grow one regression tree per column of ``gradient`` ``(C, n)`` and add it to ``raw``.
@@ -169,6 +167,7 @@ def _grow_stage(order, values, codes, gradient, hessian_scale, max_depth, learni
             raw[c, s] += learning_rate * leaf_values[c, node[s]]
 
 
+@njit(parallel=True, cache=True, nogil=True)
 def _predict(codes, features, thresholds, is_split, leaf_values, learning_rate, raw):
     """Add every stage's trees to ``raw`` ``(C, m)`` for ``codes`` ``(m, D)`` float32."""
     num_stages, num_columns = features.shape[0], features.shape[1]
@@ -185,13 +184,6 @@ def _predict(codes, features, thresholds, is_split, leaf_values, learning_rate, 
                         h = 2 * h + 2
                 total += learning_rate * leaf_values[t, c, h]
             raw[c, i] = total
-
-
-if njit is not None:
-    _grow_stage = njit(parallel=True, cache=True, nogil=True)(_grow_stage)
-    _predict = njit(parallel=True, cache=True, nogil=True)(_predict)
-else:  # pragma: no cover
-    prange = range
 
 
 @dataclass

@@ -272,7 +272,8 @@ def progress_key(state: dict[str, Any]) -> Any:
 def format_progress(state: dict[str, Any], spec: SweepSpec, started: float) -> str:
     elapsed = time.monotonic() - started
     remaining = state.get("seconds_left")
-    estimate = f", about {format_duration(remaining)} left" if remaining is not None else ""
+    busy = state["running"] or state["left"]
+    estimate = f", about {format_duration(remaining)} left" if remaining is not None and busy else ""
 
     def show(point: tuple[float, int]) -> str:
         phase = state.get("phases", {}).get(point, {"phase": "starting"})
