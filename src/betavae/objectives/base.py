@@ -25,6 +25,11 @@ class Objective(nn.Module):
     """Base class: a loss on a :class:`VAEOutput`, plus optional auxiliary training."""
 
     name: str = "objective"
+    #: The ``TrainConfig`` field holding the main regularisation weight, the one a sweep varies
+    #: (None: the objective has none a sweep knows how to vary).
+    weight_field: str | None = None
+    #: How that weight is written in messages and plots.
+    weight_symbol: str = ""
     #: How logs, progress lines and figures name ``weighted_kl`` (the regulariser added to the NLL).
     regulariser_label: str = "regulariser"
     #: the smallest batch the regulariser is defined on (batch statistics need at least 2 codes)
