@@ -21,10 +21,10 @@ from betavae.checks import check_seed
 from betavae.data import dataset_from_config
 from betavae.data.base import FactorDataset, ImageDataset
 from betavae.errors import BetaVAEError
+from betavae.metrics.utils import NUM_BINS, discrete_entropy
 from betavae.models.vae import VAE
 from betavae.report import charts
-from betavae.report.analysis import (MI_IMAGES, NUM_BINS, factor_entropies, mean_code_by_factor,
-                                     mutual_information_matrix, sample_codes)
+from betavae.report.analysis import MI_IMAGES, mean_code_by_factor, mutual_information_matrix, sample_codes
 from betavae.report.figures import make_figures, plot_training_curves
 from betavae.report.html import Section, empty, esc, figure, fmt_number, img, img_file, page, table, write_page
 from betavae.training import rundir
@@ -368,7 +368,7 @@ def _factor_sections(model: VAE, dataset: FactorDataset, kl_per_dim: list[float]
     left_out = [dataset.factor_names[k] for k in range(len(dataset.factor_sizes)) if k not in varying]
     left_out_note = (f" Factors with one value in the sample ({esc(', '.join(left_out))}) are left out." if left_out else "")
     mi = mutual_information_matrix(codes, factors[:, varying], NUM_BINS)  # (D, K')
-    entropies = factor_entropies(factors[:, varying])
+    entropies = discrete_entropy(factors[:, varying])  # H(v_k): the most a dim can share
     heatmap = figure(
         img(charts.mutual_information_heatmap(mi, entropies, names, kl_per_dim, threshold), "image/png",
             "mutual information between code dims and factors", "mutual_information"),
