@@ -64,15 +64,6 @@ def flatten_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
-def run_trial(spec: SweepSpec, weight: float, seed: int, log_path: Path) -> dict[str, Any]:
-    """Train the (weight, seed) trial, resuming its run directory when an earlier attempt left one,
-    then evaluate it. Returns the values the study stores for the trial."""
-    outcome = run_trials(spec, [(weight, seed)], [log_path])[0]
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
-
-
 def run_trials(spec: SweepSpec, points: list[tuple[float, int]], log_paths: list[Path],
                phases: list[TrialPhase] | None = None) -> list[dict[str, Any] | Exception]:
     """Train and evaluate several trials; per trial its record or the error that stopped it.

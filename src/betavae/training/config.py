@@ -11,7 +11,7 @@ import math
 import re
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -279,8 +279,3 @@ def _positive_int(config: TrainConfig, *names: str) -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}.")
-
-
-def field_defaults() -> dict[str, Any]:
-    """Each config field's default value."""
-    return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
