@@ -14,6 +14,8 @@ from pathlib import Path
 from betavae.checks import check_output_path, check_seed, one_line, shown
 from betavae.errors import BetaVAEError
 from betavae.training.config import TrainConfig, field_type
+from betavae.training import rundir
+from betavae.training.rundir import DIAGNOSIS_FILE, EVALUATION_FILE, METRICS_FILE
 
 DEMO_STEPS = 2000
 DEMO_METRICS_NOTE = "the full suite, 'betavae evaluate RUN', encodes most of the 737,280-image grid"
@@ -123,20 +125,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"\nDemo finished. Metrics (disentanglement_lib protocol, mean codes):\n{format_table(record)}\n\n"
         f"{_reference_comparison(record, shown)}"
         f"Open these files:\n"
-        f"  {run_dir}/report.html                   all of the below, the metrics and the reference model in one page\n"
-        f"  {run_dir}/figures/training_curves.png   reconstruction, KL and β·KL, KL per dimension\n"
-        f"  {run_dir}/figures/traversals.png        one row per latent (sorted by KL), swept from -3 to 3\n"
-        f"  {run_dir}/figures/traversals.gif        the same, animated\n"
-        f"  {run_dir}/figures/reconstructions.png   inputs over reconstructions\n"
-        f"  {run_dir}/figures/samples.png           decoded samples of the prior\n"
-        f"  {run_dir}/diagnosis.json                the diagnosis printed above\n"
-        f"  {run_dir}/evaluation.json               the metrics with their parameters\n"
+        + _file_list(run_dir, [
+            (rundir.REPORT_FILE, "all of the below, the metrics and the reference model in one page"),
+            (f"{rundir.FIGURES_DIR}/{rundir.TRAINING_CURVES_FIGURE}", "reconstruction, KL and β·KL, KL per dimension"),
+            (f"{rundir.FIGURES_DIR}/{rundir.TRAVERSALS_FIGURE}", "one row per latent (sorted by KL), swept from -3 to 3"),
+            (f"{rundir.FIGURES_DIR}/{rundir.TRAVERSALS_ANIMATION}", "the same, animated"),
+            (f"{rundir.FIGURES_DIR}/{rundir.RECONSTRUCTIONS_FIGURE}", "inputs over reconstructions"),
+            (f"{rundir.FIGURES_DIR}/{rundir.SAMPLES_FIGURE}", "decoded samples of the prior"),
+            (DIAGNOSIS_FILE, "the diagnosis printed above"),
+            (EVALUATION_FILE, "the metrics with their parameters"),
+        ]) +
         f"A {args.steps}-step run ({args.steps * 64:,} images) shows the training dynamics and first structure"
         f" (position and scale usually first), not a finished disentanglement: published dSprites models"
         f" train for 300,000 steps. Train further with: betavae train --resume {run_dir} --steps 20000\n"
         f"and evaluate every metric with: betavae evaluate {run_dir}",
     )
     return 0
+
+
+def _file_list(run_dir: Path, entries: list[tuple[str, str]]) -> str:
+    """``  RUN/NAME   what it holds`` lines, the descriptions aligned."""
+    paths = [f"{run_dir}/{name}" for name, _ in entries]
+    width = max(map(len, paths)) + 3
+    return "".join(f"  {path:<{width}}{what}\n" for path, (_, what) in zip(paths, entries))
 
 
 def _reference_comparison(record: dict, name: str | None) -> str:
@@ -175,9 +186,10 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     config = Config.load(run_dir)
     model = load(run_dir)
     history = read_metrics(run_dir)
-    diagnosis_path = run_dir / "diagnosis.json"
+    diagnosis_path = run_dir / DIAGNOSIS_FILE
     if not history or not diagnosis_path.is_file():
-        raise BetaVAEError(f"{run_dir} has no finished training logs (metrics.jsonl, diagnosis.json); finish or resume the run first.")
+        raise BetaVAEError(f"{run_dir} has no finished training logs ({METRICS_FILE}, {DIAGNOSIS_FILE}); "
+                           "finish or resume the run first.")
     diagnosis = json.loads(diagnosis_path.read_text())
     out = make_figures(run_dir, model, dataset_from_config(config), history, diagnosis, seed=args.seed)
     print(f"figures written to {out}")
@@ -255,7 +267,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"betavae evaluate: {time.perf_counter() - started:.1f} s on {record['device']}", file=sys.stderr)
     print(format_table(record))
     print(f"\n{record['images_encoded']:,} distinct images encoded for {record['images_requested']:,} requested; "
-          f"written to {Path(args.run) / 'evaluation.json'}")
+          f"written to {Path(args.run) / EVALUATION_FILE}")
     return 0
 
 

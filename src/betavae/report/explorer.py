@@ -36,6 +36,7 @@ from betavae.models.vae import VAE
 from betavae.objectives.likelihoods import decoded_mean
 from betavae.report.html import data_uri
 from betavae.training.config import TrainConfig
+from betavae.training.rundir import DIAGNOSIS_FILE
 
 #: Largest |z| a decode request may ask for: the prior puts ~1e-23 of its mass beyond 10.
 MAX_ABS = 10.0
@@ -130,7 +131,7 @@ class Explorer:
     def _kl_per_dim(self) -> list[float]:
         """From ``diagnosis.json``; otherwise estimated on up to 1024 images (or zeros without data)."""
         try:
-            kl = json.loads((self.run_dir / "diagnosis.json").read_text())["kl_per_dim"]
+            kl = json.loads((self.run_dir / DIAGNOSIS_FILE).read_text())["kl_per_dim"]
             if len(kl) == self.model.latents:
                 return [float(v) for v in kl]
         except (OSError, ValueError, KeyError, TypeError):
