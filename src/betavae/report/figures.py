@@ -17,6 +17,7 @@ from betavae.checks import check_seed  # noqa: E402
 from betavae.data.base import ImageDataset  # noqa: E402
 from betavae.files import atomic_output  # noqa: E402
 from betavae.models.vae import VAE  # noqa: E402
+from betavae.objectives import OBJECTIVES  # noqa: E402
 from betavae.objectives.likelihoods import decoded_mean  # noqa: E402
 from betavae.training import rundir  # noqa: E402
 from betavae.training.rundir import (CONFIG_FILE, FIGURES_DIR, RECONSTRUCTIONS_FIGURE, SAMPLES_FIGURE,  # noqa: E402
@@ -166,8 +167,6 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path, collapse_thr
 def _regulariser_label(run_dir: Path) -> str:
     """How the run's objective names its weighted regulariser (β·KL for the β-VAE)."""
     import json
-
-    from betavae.objectives import OBJECTIVES
 
     try:
         objective = json.loads((Path(run_dir) / CONFIG_FILE).read_text())["objective"]

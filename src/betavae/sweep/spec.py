@@ -17,6 +17,7 @@ from betavae.sweep.recommend import DEFAULT_TOLERANCE
 from betavae.sweep.storage import check_storage_url
 from betavae.sweep.udr import CORRELATIONS, KL_THRESHOLD
 from betavae.training.config import TrainConfig
+from betavae.training.parallel import check_group
 
 #: objective -> the TrainConfig field a sweep varies; each objective class names its own (``weight_field``).
 WEIGHT_FIELDS: dict[str, str] = {name: cls.weight_field for name, cls in OBJECTIVES.items() if cls.weight_field}
@@ -173,8 +174,6 @@ class SweepSpec:
         if self.base.get("compile", "off") != "off":
             raise ConfigError(f"--compile {self.base['compile']} compiles one model's forward pass; trials trained "
                               "together (--parallel) run uncompiled. Drop --compile or use --parallel 1.")
-        from betavae.training.parallel import check_group
-
         check_group([self.trial_config(weight, seed) for weight, seed in self.grid()[:2]])
 
 
