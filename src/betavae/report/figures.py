@@ -143,8 +143,9 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path, collapse_thr
     axes[0].plot(steps, [r["reconstruction"] for r in history], color="tab:blue")
     axes[0].set_title("reconstruction NLL (nats / image)")
     axes[1].plot(steps, [r["kl"] for r in history], label="KL (unweighted)", color="tab:orange")
-    if "weighted_kl" in history[0]:
-        axes[1].plot(steps, [r["weighted_kl"] for r in history], label=f"{regulariser_label} (weighted)", color="tab:red", ls="--")
+    if "weighted_regulariser" in history[0]:
+        axes[1].plot(steps, [r["weighted_regulariser"] for r in history], label=f"{regulariser_label} (weighted)",
+                     color="tab:red", ls="--")
     axes[1].set_title("KL(q(z|x) || p(z)) (nats)")
     axes[1].legend(fontsize=8)
     per_dim = np.array([r["kl_per_dim"] for r in history])  # (T, D)

@@ -38,8 +38,8 @@ from betavae.training.rundir import (DIAGNOSIS_FILE, EVALUATION_FILE, FIGURE_FIL
                                      TRAVERSALS_FIGURE, refuse_writes)
 #: Logged keys drawn in the main curves figure, or shown elsewhere (throughput, time; Adam's learning
 #: rate is stated in the "Optimisation" row).
-MAIN_CURVE_KEYS = ("step", "reconstruction", "kl", "weighted_kl", "kl_per_dim", "images_per_second", "elapsed_seconds",
-                   "lr")
+MAIN_CURVE_KEYS = ("step", "reconstruction", "kl", "weighted_regulariser", "kl_per_dim", "images_per_second",
+                   "elapsed_seconds", "lr")
 #: Logged by every objective (the rest of a record's numeric keys are the objective's own terms).
 SHARED_TERMS = ("elbo", "loss", "active_dims")
 
