@@ -2,7 +2,7 @@
 
 from betavae.training import TrainConfig, load, resume, train
 from betavae.training.parallel import train_many
-from betavae.training.recipes import recipe_config
+from betavae.training.config import recipe_config
 
 __version__ = "0.1.0"
 

@@ -6,14 +6,24 @@ Every problem the user can fix ends in one line ``betavae: error: ...`` and exit
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import fields
 from pathlib import Path
 
+from betavae import reference, training
 from betavae.checks import check_output_path, check_seed, one_line, shown
+from betavae.data import dataset_from_config
 from betavae.errors import BetaVAEError
+from betavae.training import rundir
 from betavae.training.config import TrainConfig, field_type
+from betavae.training.logging import read_metrics
+from betavae.training.recipes import RECIPES, format_recipes, recipe_values
+from betavae.training.rundir import DIAGNOSIS_FILE, EVALUATION_FILE, METRICS_FILE, refuse_writes
+
+# The metrics, report and sweep packages are imported by the commands that use them: they bring in
+# numba and scikit-learn, matplotlib and Optuna, which every other command (and --help) would wait for.
 
 DEMO_STEPS = 2000
 DEMO_METRICS_NOTE = "the full suite, 'betavae evaluate RUN', encodes most of the 737,280-image grid"
@@ -41,15 +51,11 @@ def config_from_args(args: argparse.Namespace, **overrides: object) -> TrainConf
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     values.update({k: v for k, v in overrides.items() if k not in values})
     if values.get("recipe") is not None:
-        from betavae.training.recipes import recipe_values
-
         values = {**recipe_values(values["recipe"]), **values}
     return TrainConfig(**values)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from betavae.training import resume, train
-
     if args.resume:
         given = [f.name for f in fields(TrainConfig)
                  if getattr(args, f.name) is not None and f.name not in ("steps", "time_limit")]
@@ -57,15 +63,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"betavae: error: --resume continues a run with its saved config; drop {', '.join('--' + g.replace('_', '-') for g in given)} "
                   "(only --steps and --time-limit may be given, to train further).", file=sys.stderr)
             return 2
-        resume(args.resume, steps=args.steps, time_limit=args.time_limit)
+        training.resume(args.resume, steps=args.steps, time_limit=args.time_limit)
     else:
-        train(config_from_args(args))
+        training.train(config_from_args(args))
     return 0
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from betavae.training.recipes import RECIPES, format_recipes, recipe_values
-
     if args.name:
         values = {k: v for k, v in recipe_values(args.name).items() if k != "recipe"}
         print(f"{args.name}: {RECIPES[args.name].summary}")
@@ -78,8 +82,6 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
-    from betavae import reference
-
     if args.copy:
         name, destination = args.copy
         print(f"betavae: copied {name} to {reference.copy(name, destination)}")
@@ -99,8 +101,6 @@ def _fresh_dir(path: Path) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from betavae.training import train
-
     out = _fresh_dir(check_output_path(args.out, "--out"))
     if out != Path(args.out):
         print(f"betavae: {args.out} exists (kept as it is); this demo writes to {out}", file=sys.stderr)
@@ -109,12 +109,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = TrainConfig(dataset="dsprites", beta=4.0, latents=10, arch="burgess", lr=1e-3, batch_size=64,
                          steps=args.steps, seed=args.seed, out=str(out), log_every=50, checkpoint_every=500,
                          device=args.device)
-    run_dir = train(config)
+    run_dir = training.train(config)
     from betavae.metrics import evaluate_run, format_table
 
     print(f"betavae: evaluating (MIG and unsupervised measures; {DEMO_METRICS_NOTE})", file=sys.stderr)
     record = evaluate_run(run_dir, metrics="mig,unsupervised", seed=0)
-    from betavae import reference
     from betavae.report import run_report
 
     shown = reference.DEMO_REFERENCE if reference.DEMO_REFERENCE in reference.names() else None
@@ -123,14 +122,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"\nDemo finished. Metrics (disentanglement_lib protocol, mean codes):\n{format_table(record)}\n\n"
         f"{_reference_comparison(record, shown)}"
         f"Open these files:\n"
-        f"  {run_dir}/report.html                   all of the below, the metrics and the reference model in one page\n"
-        f"  {run_dir}/figures/training_curves.png   reconstruction, KL and β·KL, KL per dimension\n"
-        f"  {run_dir}/figures/traversals.png        one row per latent (sorted by KL), swept from -3 to 3\n"
-        f"  {run_dir}/figures/traversals.gif        the same, animated\n"
-        f"  {run_dir}/figures/reconstructions.png   inputs over reconstructions\n"
-        f"  {run_dir}/figures/samples.png           decoded samples of the prior\n"
-        f"  {run_dir}/diagnosis.json                the diagnosis printed above\n"
-        f"  {run_dir}/evaluation.json               the metrics with their parameters\n"
+        + _file_list(run_dir, [
+            (rundir.REPORT_FILE, "all of the below, the metrics and the reference model in one page"),
+            (f"{rundir.FIGURES_DIR}/{rundir.TRAINING_CURVES_FIGURE}", "reconstruction, KL and β·KL, KL per dimension"),
+            (f"{rundir.FIGURES_DIR}/{rundir.TRAVERSALS_FIGURE}", "one row per latent (sorted by KL), swept from -3 to 3"),
+            (f"{rundir.FIGURES_DIR}/{rundir.TRAVERSALS_ANIMATION}", "the same, animated"),
+            (f"{rundir.FIGURES_DIR}/{rundir.RECONSTRUCTIONS_FIGURE}", "inputs over reconstructions"),
+            (f"{rundir.FIGURES_DIR}/{rundir.SAMPLES_FIGURE}", "decoded samples of the prior"),
+            (DIAGNOSIS_FILE, "the diagnosis printed above"),
+            (EVALUATION_FILE, "the metrics with their parameters"),
+        ]) +
         f"A {args.steps}-step run ({args.steps * 64:,} images) shows the training dynamics and first structure"
         f" (position and scale usually first), not a finished disentanglement: published dSprites models"
         f" train for 300,000 steps. Train further with: betavae train --resume {run_dir} --steps 20000\n"
@@ -139,10 +140,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_list(run_dir: Path, entries: list[tuple[str, str]]) -> str:
+    """``  RUN/NAME   what it holds`` lines, the descriptions aligned."""
+    paths = [f"{run_dir}/{name}" for name, _ in entries]
+    width = max(map(len, paths)) + 3
+    return "".join(f"  {path:<{width}}{what}\n" for path, (_, what) in zip(paths, entries))
+
+
 def _reference_comparison(record: dict, name: str | None) -> str:
     """The demo's headline metrics beside the shipped reference model's, as text."""
-    from betavae import reference
-
     if name is None:
         return "(This installation ships no reference model to compare with.)\n\n"
     meta, theirs = reference.info(name), reference.summary_values(reference.evaluation(name))
@@ -159,25 +165,18 @@ def _reference_comparison(record: dict, name: str | None) -> str:
 
 
 def cmd_traverse(args: argparse.Namespace) -> int:
-    import json
-
     from betavae.report.figures import make_figures
-    from betavae.training import TrainConfig as Config
-    from betavae.training import load
-    from betavae.training.logging import read_metrics
-    from betavae.data import dataset_from_config
-
-    from betavae.reference import refuse_writes
 
     check_seed(args.seed)  # before the run is read
     run_dir = Path(args.run)
     refuse_writes(run_dir, "redraw the figures of")
-    config = Config.load(run_dir)
-    model = load(run_dir)
+    config = TrainConfig.load(run_dir)
+    model = training.load(run_dir)
     history = read_metrics(run_dir)
-    diagnosis_path = run_dir / "diagnosis.json"
+    diagnosis_path = run_dir / DIAGNOSIS_FILE
     if not history or not diagnosis_path.is_file():
-        raise BetaVAEError(f"{run_dir} has no finished training logs (metrics.jsonl, diagnosis.json); finish or resume the run first.")
+        raise BetaVAEError(f"{run_dir} has no finished training logs ({METRICS_FILE}, {DIAGNOSIS_FILE}); "
+                           "finish or resume the run first.")
     diagnosis = json.loads(diagnosis_path.read_text())
     out = make_figures(run_dir, model, dataset_from_config(config), history, diagnosis, seed=args.seed)
     print(f"figures written to {out}")
@@ -214,8 +213,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # a recipe's values first, explicit flags over them; the sweep sets the swept weight, seed and out itself
     recipe = {}
     if args.recipe is not None:
-        from betavae.training.recipes import recipe_values
-
         recipe = recipe_values(args.recipe)
     objective = args.objective or recipe.get("objective", "beta")
     if args.beta is not None and args.weights is not None:
@@ -255,7 +252,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"betavae evaluate: {time.perf_counter() - started:.1f} s on {record['device']}", file=sys.stderr)
     print(format_table(record))
     print(f"\n{record['images_encoded']:,} distinct images encoded for {record['images_requested']:,} requested; "
-          f"written to {Path(args.run) / 'evaluation.json'}")
+          f"written to {Path(args.run) / EVALUATION_FILE}")
     return 0
 
 

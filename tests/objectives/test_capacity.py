@@ -17,7 +17,7 @@ def test_loss_at_capacity_equal_to_kl_is_the_reconstruction_alone(fake_output):
     loss, logs = objective(output, x, step=10)  # the ramp has reached C_max = KL
     reconstruction = reconstruction_nll(output.recon, x).mean()
     assert torch.equal(loss, reconstruction)
-    assert float(logs["weighted_kl"]) == 0.0 and float(logs["capacity_gap"]) == 0.0
+    assert float(logs["weighted_regulariser"]) == 0.0 and float(logs["capacity_gap"]) == 0.0
     assert logs["capacity"] == kl
 
 
@@ -30,6 +30,6 @@ def test_loss_is_gamma_times_the_distance_to_the_ramp(fake_output):
         loss, logs = objective(output, x, step)
         assert logs["capacity"] == pytest.approx(c)
         assert torch.allclose(logs["capacity_gap"], kl - c, atol=1e-5)
-        assert torch.allclose(logs["weighted_kl"], 100.0 * (kl - c).abs(), atol=1e-3)
+        assert torch.allclose(logs["weighted_regulariser"], 100.0 * (kl - c).abs(), atol=1e-3)
         assert torch.allclose(loss, reconstruction_nll(output.recon, x).mean() + 100.0 * (kl - c).abs(), atol=1e-3)
     assert objective.weight_label() == f"γ = 100, C 0 → {2 * float(kl):g} nats over 100 steps"

@@ -67,7 +67,7 @@ def test_loss_is_elbo_plus_gamma_times_the_logit_difference():
     tc = (logits[:, 0] - logits[:, 1]).mean()
     kl = 0.5 * (z.square()).sum(1).mean()  # logvar = 0
     assert torch.allclose(logs["total_correlation"], tc)
-    assert torch.allclose(logs["weighted_kl"], kl + 7.0 * tc)
+    assert torch.allclose(logs["weighted_regulariser"], kl + 7.0 * tc)
     assert torch.allclose(loss, reconstruction_nll(output.recon, x).mean() + kl + 7.0 * tc)
 
 

@@ -40,7 +40,7 @@ def test_beta_vae_loss_is_reconstruction_plus_beta_kl(beta):
     recon = reconstruction_nll(output.recon, x).mean()
     kl = kl_to_standard_normal(mu, logvar).sum(1).mean()
     assert torch.allclose(loss, recon + beta * kl)
-    assert torch.allclose(logs["kl"], kl) and torch.allclose(logs["weighted_kl"], beta * kl)
+    assert torch.allclose(logs["kl"], kl) and torch.allclose(logs["weighted_regulariser"], beta * kl)
     assert torch.allclose(logs["elbo"], -(recon + kl))
     assert logs["kl_per_dim"].shape == (3,)
     assert torch.allclose(logs["kl_per_dim"].sum(), kl)

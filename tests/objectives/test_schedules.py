@@ -49,7 +49,7 @@ def test_beta_vae_uses_and_logs_the_scheduled_beta(schedule, step, fraction, fak
     loss, logs = objective(output, x, step)
     kl = logs["kl"]
     assert logs["beta"] == pytest.approx(4.0 * fraction)
-    assert torch.allclose(logs["weighted_kl"], 4.0 * fraction * kl)
+    assert torch.allclose(logs["weighted_regulariser"], 4.0 * fraction * kl)
     assert torch.allclose(loss, reconstruction_nll(output.recon, x).mean() + 4.0 * fraction * kl)
     if schedule == "constant":
         assert objective.weight_label() == "β = 4"

@@ -15,7 +15,7 @@ from betavae.training.checkpoint import list_checkpoints
 from betavae.training.config import TrainConfig
 from betavae.training.logging import read_metrics
 
-CORE_KEYS = {"reconstruction", "kl", "kl_per_dim", "loss", "elbo", "weighted_kl"}
+CORE_KEYS = {"reconstruction", "kl", "kl_per_dim", "loss", "elbo", "weighted_regulariser"}
 OWN_KEYS = {
     "beta": {"beta"},
     "capacity": {"capacity", "capacity_gap"},
@@ -51,7 +51,7 @@ def test_every_objective_trains_with_every_likelihood(objective, likelihood, sma
         assert all(math.isfinite(v) for k, v in r.items() if k not in ("kl_per_dim", "events"))
         assert len(r["kl_per_dim"]) == LATENTS and all(math.isfinite(v) for v in r["kl_per_dim"])
         assert r["kl"] == pytest.approx(sum(r["kl_per_dim"]), rel=1e-4, abs=1e-6)
-        assert r["loss"] == pytest.approx(r["reconstruction"] + r["weighted_kl"], rel=1e-4)
+        assert r["loss"] == pytest.approx(r["reconstruction"] + r["weighted_regulariser"], rel=1e-4)
         assert r["elbo"] == pytest.approx(-(r["reconstruction"] + r["kl"]), rel=1e-4)
 
 

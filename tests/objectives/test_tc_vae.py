@@ -98,7 +98,7 @@ def test_beta_tcvae_loss_weights_each_term(estimator, fake_output):
     loss, logs = objective(output, x, step=0)
     mi, tc, dwkl = tc_decomposition(output.z, output.mu, output.logvar, 5000, estimator)
     regulariser = 2.0 * mi + 6.0 * tc + 0.5 * dwkl
-    assert torch.allclose(logs["weighted_kl"], regulariser)
+    assert torch.allclose(logs["weighted_regulariser"], regulariser)
     assert torch.allclose(loss, reconstruction_nll(output.recon, x).mean() + regulariser)
     for key, value in (("mutual_information", mi), ("total_correlation", tc), ("dimension_wise_kl", dwkl)):
         assert torch.allclose(logs[key], value)

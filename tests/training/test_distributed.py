@@ -36,7 +36,7 @@ from betavae.training.logging import read_metrics
 
 RUN = dict(arch="burgess", steps=12, batch_size=8, latents=4, lr=1e-3, seed=3, log_every=4, checkpoint_every=1,
            keep_checkpoints=12, device="cpu", figures=False)
-LOGGED = ("loss", "reconstruction", "kl", "weighted_kl", "elbo")
+LOGGED = ("loss", "reconstruction", "kl", "weighted_regulariser", "elbo")
 
 
 def _flags(values: dict) -> list[str]:

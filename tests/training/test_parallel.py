@@ -80,7 +80,7 @@ def _assert_same_losses(a, b):
         assert x.keys() == y.keys()
         for key in ("loss", "reconstruction", "elbo"):
             assert y[key] == pytest.approx(x[key], rel=LOSS_RTOL), key
-        for key in ("kl", "weighted_kl"):
+        for key in ("kl", "weighted_regulariser"):
             assert y[key] == pytest.approx(x[key], rel=KL_RTOL), key
         assert y.get("beta") == x.get("beta") and y["active_dims"] == x["active_dims"]
 

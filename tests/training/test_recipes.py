@@ -8,7 +8,8 @@ import betavae
 from betavae.cli import build_parser, config_from_args
 from betavae.errors import ConfigError
 from betavae.training.logging import read_metrics
-from betavae.training.recipes import RECIPES, recipe_config, recipe_values
+from betavae.training.config import recipe_config
+from betavae.training.recipes import RECIPES, recipe_values
 
 
 def _args(*argv):

@@ -177,11 +177,11 @@ def test_overwrite_never_goes_through_a_link(small_npy, tmp_path, capsys):
 def test_overwrite_never_replaces_a_shipped_reference_model(small_npy, tmp_path, monkeypatch, capsys):
     import shutil
 
-    from betavae import reference
+    from betavae.training import rundir
 
     shipped = tmp_path / "reference"  # a copy stands in for the installed folder, so no test can harm it
-    shutil.copytree(reference.ROOT / "dsprites-beta4", shipped / "dsprites-beta4")
-    monkeypatch.setattr(reference, "ROOT", shipped)
+    shutil.copytree(rundir.REFERENCE_ROOT / "dsprites-beta4", shipped / "dsprites-beta4")
+    monkeypatch.setattr(rundir, "REFERENCE_ROOT", shipped)
     before = sorted(p.relative_to(shipped) for p in shipped.rglob("*"))
     assert _train_cli(small_npy, shipped / "dsprites-beta4", "--overwrite") == 2
     assert "is a shipped reference model and is kept as shipped" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from betavae.errors import CheckpointError, ConfigError
 from betavae.training.checkpoint import list_checkpoints, load_checkpoint
 from betavae.training.logging import read_metrics
 
-CORE_KEYS = {"step", "reconstruction", "kl", "weighted_kl", "loss", "elbo", "kl_per_dim", "active_dims", "beta",
+CORE_KEYS = {"step", "reconstruction", "kl", "weighted_regulariser", "loss", "elbo", "kl_per_dim", "active_dims", "beta",
              "images_per_second"}
 
 
@@ -31,8 +31,8 @@ def test_training_loss_falls_and_logs_every_term(small_npy, tmp_path):
     for r in records:
         assert len(r["kl_per_dim"]) == 4
         assert r["kl"] == pytest.approx(sum(r["kl_per_dim"]), rel=1e-4)
-        assert r["weighted_kl"] == pytest.approx(4.0 * r["kl"], rel=1e-4)
-        assert r["loss"] == pytest.approx(r["reconstruction"] + r["weighted_kl"], rel=1e-4)
+        assert r["weighted_regulariser"] == pytest.approx(4.0 * r["kl"], rel=1e-4)
+        assert r["loss"] == pytest.approx(r["reconstruction"] + r["weighted_regulariser"], rel=1e-4)
     assert json.loads((run / "config.json").read_text())["steps"] == 150
     diagnosis = json.loads((run / "diagnosis.json").read_text())
     assert diagnosis["findings"] and diagnosis["kl_per_dim"] == records[-1]["kl_per_dim"]

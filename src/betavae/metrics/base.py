@@ -238,6 +238,8 @@ class Metric(ABC):
     """Protocol parameters of one metric, and its draw and score steps (see the module docstring)."""
 
     name: ClassVar[str]
+    #: The value a sweep ranks by when only the metric's name is given (``dci`` -> ``disentanglement``).
+    primary_value: ClassVar[str]
     #: Whether the metric needs ground-truth factors (``dataset.has_factors``).
     needs_factors: ClassVar[bool] = True
 

@@ -76,6 +76,7 @@ class BetaVAEScore(Metric):
     """Protocol parameters: 10,000 training and 5,000 evaluation points of 64 pairs each."""
 
     name: ClassVar[str] = "beta_vae_score"
+    primary_value: ClassVar[str] = "eval_accuracy"
     group_size: int = 64
     num_train: int = 10_000
     num_eval: int = 5_000

@@ -122,6 +122,7 @@ class DCI(TrainTestMetric):
     ``implementation``: betavae's or scikit-learn's, the same model)."""
 
     name: ClassVar[str] = "dci"
+    primary_value: ClassVar[str] = "disentanglement"
     num_train: int = 10_000
     num_test: int = 5_000
     implementation: str = "betavae"

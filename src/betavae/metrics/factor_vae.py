@@ -83,6 +83,7 @@ class FactorVAEScore(Metric):
     """Protocol parameters: variances from 10,000 codes, 10,000 / 5,000 votes of 64 images each."""
 
     name: ClassVar[str] = "factor_vae_score"
+    primary_value: ClassVar[str] = "eval_accuracy"
     group_size: int = 64
     num_train: int = 10_000
     num_eval: int = 5_000

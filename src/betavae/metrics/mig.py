@@ -106,6 +106,7 @@ class MIG(Metric):
     """Protocol parameters: 10,000 samples, 20 bins; or Chen et al.'s estimator (see module docstring)."""
 
     name: ClassVar[str] = "mig"
+    primary_value: ClassVar[str] = "mig"
     num_train: int = 10_000
     num_bins: int = NUM_BINS
     variant: str = "protocol"

@@ -105,6 +105,7 @@ class ModularityExplicitness(TrainTestMetric):
     """Protocol parameters: 10,000 training and 5,000 test samples, 20 bins."""
 
     name: ClassVar[str] = "modularity_explicitness"
+    primary_value: ClassVar[str] = "modularity"
     num_train: int = 10_000
     num_test: int = 5_000
     num_bins: int = NUM_BINS

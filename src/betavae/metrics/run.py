@@ -13,12 +13,17 @@ import numpy as np
 import sklearn
 import torch
 
+import betavae
 from betavae.checks import check_seed
+from betavae.data import dataset_from_config
 from betavae.errors import ConfigError
+from betavae.files import write_json_atomic
 from betavae.metrics.base import DEFAULT_BATCH_SIZE
 from betavae.metrics.evaluate import EvaluationProgress, Progress, evaluate_with_details
 from betavae.training import rundir
-from betavae.training.rundir import EVALUATION_FILE
+from betavae.training.config import TrainConfig
+from betavae.training.distributed import SINGLE, device_for
+from betavae.training.rundir import EVALUATION_FILE, refuse_writes
 
 REPRESENTATIONS = ("mean", "sampled")
 #: Images per forward pass on a CPU: small batches keep each layer's output in cache (a Burgess net
@@ -85,8 +90,6 @@ def encoder_fn(model: torch.nn.Module, representation: str = "mean", batch_size:
 
 
 def _versions() -> dict[str, str]:
-    import betavae
-
     return {"betavae": betavae.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__,
             "torch": torch.__version__, "python": platform.python_version()}
 
@@ -102,14 +105,6 @@ def evaluate_run(run_dir: str | Path, metrics: str | Iterable[str] = "all", seed
     :class:`ProgressPrinter`). Returns what it writes: for each metric its values, parameters
     (sample counts included), seed and representation, with the library versions that produced them.
     """
-    import betavae
-    from betavae.data import dataset_from_config
-    from betavae.files import write_json_atomic
-    from betavae.training.config import TrainConfig
-
-    from betavae.reference import refuse_writes
-    from betavae.training.distributed import SINGLE, device_for
-
     check_seed(seed)
     run_dir = Path(run_dir)
     refuse_writes(run_dir, "evaluate")  # its evaluation.json is what it ships with

@@ -79,6 +79,7 @@ class SAP(TrainTestMetric):
     """Protocol parameters: 10,000 training and 5,000 test samples, discrete factors."""
 
     name: ClassVar[str] = "sap"
+    primary_value: ClassVar[str] = "sap"
     num_train: int = 10_000
     num_test: int = 5_000
     continuous: bool = False

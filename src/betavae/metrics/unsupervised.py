@@ -92,6 +92,7 @@ class Unsupervised(Metric):
     """10,000 images drawn uniformly from the dataset (factors not needed)."""
 
     name: ClassVar[str] = "unsupervised"
+    primary_value: ClassVar[str] = "gaussian_total_correlation"
     needs_factors: ClassVar[bool] = False
     num_train: int = 10_000
     num_bins: int = NUM_BINS

@@ -25,7 +25,12 @@ class Objective(nn.Module):
     """Base class: a loss on a :class:`VAEOutput`, plus optional auxiliary training."""
 
     name: str = "objective"
-    #: How logs, progress lines and figures name ``weighted_kl`` (the regulariser added to the NLL).
+    #: The ``TrainConfig`` field holding the main regularisation weight, the one a sweep varies
+    #: (None: the objective has none a sweep knows how to vary).
+    weight_field: str | None = None
+    #: How that weight is written in messages and plots.
+    weight_symbol: str = ""
+    #: How logs, progress lines and figures name ``weighted_regulariser`` (the regulariser added to the NLL).
     regulariser_label: str = "regulariser"
     #: the smallest batch the regulariser is defined on (batch statistics need at least 2 codes)
     min_batch_size: int = 1
@@ -56,15 +61,15 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def forward(self, output: VAEOutput, x: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        """``loss = reconstruction + regulariser``; logs the core terms, ``loss`` and ``weighted_kl``.
+        """``loss = reconstruction + regulariser``; logs the core terms, ``loss`` and ``weighted_regulariser``.
 
-        ``weighted_kl`` is the whole regulariser (``loss - reconstruction``), whatever its form.
+        ``weighted_regulariser`` is the whole regulariser (``loss - reconstruction``), whatever its form.
         """
         reconstruction, kl, logs = self.core_terms(output, x)
         regulariser, own_logs = self.regulariser(output, kl, step)
         loss = reconstruction + regulariser
         logs.update(own_logs)
-        logs.update(loss=loss, weighted_kl=regulariser)
+        logs.update(loss=loss, weighted_regulariser=regulariser)
         return loss, logs
 
     def weight_label(self) -> str:

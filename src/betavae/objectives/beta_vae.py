@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 class BetaVAE(Objective):
     name = "beta"
+    weight_field, weight_symbol = "beta", "β"
     regulariser_label = "β·KL"
 
     def __init__(self, beta: float = 4.0, schedule: Schedule | None = None, likelihood: str = "bernoulli",

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 class CapacityVAE(Objective):
     name = "capacity"
+    weight_field, weight_symbol = "capacity_max", "C_max"
     regulariser_label = "γ·|KL−C|"
 
     def __init__(self, gamma: float = 1000.0, capacity_max: float = 25.0, capacity_steps: int = 100_000,

@@ -39,9 +39,10 @@ def covariance_deviation(covariance: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 class DIPVAE(Objective):
-    regulariser_label = "KL+DIP"
     """The DIP-VAE penalty on :meth:`covariance`; the types are :class:`DIPVAEI` and :class:`DIPVAEII`."""
 
+    regulariser_label = "KL+DIP"
+    weight_field, weight_symbol = "dip_lambda_od", "λ_od"
     min_batch_size = 2
     #: λ_d as a multiple of λ_od when not given (disentanglement_lib: 10 for type I, 1 for type II).
     default_diagonal_factor = 10.0

@@ -92,6 +92,7 @@ def tc_decomposition(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, da
 
 class BetaTCVAE(Objective):
     name = "tc"
+    weight_field, weight_symbol = "beta", "β"
     regulariser_label = "αMI+βTC+γKLd"
     min_batch_size = 2
 

@@ -16,9 +16,12 @@ from typing import Any
 
 from betavae.checks import check_output_path
 from betavae.errors import CheckpointError, ConfigError
+from betavae.training import load as load_run
+from betavae.training.rundir import EVALUATION_FILE
+from betavae.training.rundir import REFERENCE_FILE as INFO_FILE
+from betavae.training.rundir import REFERENCE_ROOT as ROOT
+from betavae.training.rundir import refuse_writes
 
-ROOT = Path(__file__).resolve().parent
-INFO_FILE = "REFERENCE.json"
 # What the demo shows beside its own model: the best shipped recipe.
 DEMO_REFERENCE = "dsprites-fast-cpu"
 
@@ -43,13 +46,11 @@ def info(name: str) -> dict[str, Any]:
 
 def evaluation(name: str) -> dict[str, Any]:
     """The stored ``evaluation.json`` of ``name``."""
-    return _read(path(name) / "evaluation.json")
+    return _read(path(name) / EVALUATION_FILE)
 
 
 def load(name: str, device: str = "cpu"):
     """The trained model of ``name``, in eval mode."""
-    from betavae.training import load as load_run
-
     return load_run(path(name), device)
 
 
@@ -60,18 +61,6 @@ def copy(name: str, destination: str | Path) -> Path:
         raise ConfigError(f"{destination} already exists; choose another destination (nothing was overwritten).")
     shutil.copytree(path(name), destination)
     return destination
-
-
-def refuse_writes(run_dir: str | Path, action: str) -> None:
-    """Raise :class:`ConfigError` when ``run_dir`` is a shipped reference model (they are read-only)."""
-    try:
-        inside = Path(run_dir).resolve().is_relative_to(ROOT)
-    except (OSError, ValueError):  # a path that cannot be looked up is no shipped model; the reader reports it
-        return
-    if inside:
-        name = Path(run_dir).resolve().relative_to(ROOT).parts[0] if Path(run_dir).resolve() != ROOT else "NAME"
-        raise ConfigError(f"{run_dir} is a shipped reference model and is kept as shipped; {action} a copy instead: "
-                          f"betavae reference --copy {name} runs/{name}")
 
 
 def summary_values(record: dict[str, Any]) -> dict[str, float]:

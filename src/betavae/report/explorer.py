@@ -33,9 +33,13 @@ from betavae.data import dataset_from_config
 from betavae.data.base import ImageDataset
 from betavae.errors import BetaVAEError, ConfigError
 from betavae.models.vae import VAE
+from betavae.objectives.gaussian import kl_to_standard_normal
 from betavae.objectives.likelihoods import decoded_mean
+from betavae.report.explorer_page import PAGE
 from betavae.report.html import data_uri
+from betavae.training import load
 from betavae.training.config import TrainConfig
+from betavae.training.rundir import DIAGNOSIS_FILE
 
 #: Largest |z| a decode request may ask for: the prior puts ~1e-23 of its mass beyond 10.
 MAX_ABS = 10.0
@@ -109,8 +113,6 @@ class Explorer:
 
     def __init__(self, run_dir: str | Path, model: VAE | None = None, dataset: ImageDataset | None = None,
                  max_abs: float = MAX_ABS):
-        from betavae.training import load
-
         self.run_dir = Path(run_dir)
         self.config = TrainConfig.load(self.run_dir)
         self.model = (model if model is not None else load(self.run_dir)).eval()
@@ -130,15 +132,13 @@ class Explorer:
     def _kl_per_dim(self) -> list[float]:
         """From ``diagnosis.json``; otherwise estimated on up to 1024 images (or zeros without data)."""
         try:
-            kl = json.loads((self.run_dir / "diagnosis.json").read_text())["kl_per_dim"]
+            kl = json.loads((self.run_dir / DIAGNOSIS_FILE).read_text())["kl_per_dim"]
             if len(kl) == self.model.latents:
                 return [float(v) for v in kl]
         except (OSError, ValueError, KeyError, TypeError):
             pass
         if self.dataset is None:
             return [0.0] * self.model.latents
-        from betavae.objectives.gaussian import kl_to_standard_normal
-
         indices = np.random.default_rng(0).choice(len(self.dataset), size=min(1024, len(self.dataset)), replace=False)
         with torch.no_grad():
             mu, logvar = self.model.encode(torch.from_numpy(self.dataset.images(np.sort(indices))).to(self.device))
@@ -263,8 +263,6 @@ def _same_origin(origin: str, host: str) -> bool:
 
 def make_handler(explorer: Explorer, check_host: bool) -> type[BaseHTTPRequestHandler]:
     """The request handler class for ``explorer``; ``check_host`` limits it to loopback Host headers."""
-    from betavae.report.explorer_page import PAGE
-
     class Handler(BaseHTTPRequestHandler):
         server_version = "betavae-explore"
         protocol_version = "HTTP/1.1"

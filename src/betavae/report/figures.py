@@ -17,6 +17,7 @@ from betavae.checks import check_seed  # noqa: E402
 from betavae.data.base import ImageDataset  # noqa: E402
 from betavae.files import atomic_output  # noqa: E402
 from betavae.models.vae import VAE  # noqa: E402
+from betavae.objectives import OBJECTIVES  # noqa: E402
 from betavae.objectives.likelihoods import decoded_mean  # noqa: E402
 from betavae.training import rundir  # noqa: E402
 from betavae.training.rundir import (CONFIG_FILE, FIGURES_DIR, RECONSTRUCTIONS_FIGURE, SAMPLES_FIGURE,  # noqa: E402
@@ -142,8 +143,9 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path, collapse_thr
     axes[0].plot(steps, [r["reconstruction"] for r in history], color="tab:blue")
     axes[0].set_title("reconstruction NLL (nats / image)")
     axes[1].plot(steps, [r["kl"] for r in history], label="KL (unweighted)", color="tab:orange")
-    if "weighted_kl" in history[0]:
-        axes[1].plot(steps, [r["weighted_kl"] for r in history], label=f"{regulariser_label} (weighted)", color="tab:red", ls="--")
+    if "weighted_regulariser" in history[0]:
+        axes[1].plot(steps, [r["weighted_regulariser"] for r in history], label=f"{regulariser_label} (weighted)",
+                     color="tab:red", ls="--")
     axes[1].set_title("KL(q(z|x) || p(z)) (nats)")
     axes[1].legend(fontsize=8)
     per_dim = np.array([r["kl_per_dim"] for r in history])  # (T, D)
@@ -166,8 +168,6 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path, collapse_thr
 def _regulariser_label(run_dir: Path) -> str:
     """How the run's objective names its weighted regulariser (β·KL for the β-VAE)."""
     import json
-
-    from betavae.objectives import OBJECTIVES
 
     try:
         objective = json.loads((Path(run_dir) / CONFIG_FILE).read_text())["objective"]

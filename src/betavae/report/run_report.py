@@ -17,27 +17,29 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from betavae import reference
 from betavae.checks import check_seed
 from betavae.data import dataset_from_config
 from betavae.data.base import FactorDataset, ImageDataset
 from betavae.errors import BetaVAEError
+from betavae.metrics.utils import NUM_BINS, discrete_entropy
 from betavae.models.vae import VAE
+from betavae.objectives import OBJECTIVES
 from betavae.report import charts
-from betavae.report.analysis import (MI_IMAGES, NUM_BINS, factor_entropies, mean_code_by_factor,
-                                     mutual_information_matrix, sample_codes)
+from betavae.report.analysis import MI_IMAGES, mean_code_by_factor, mutual_information_matrix, sample_codes
 from betavae.report.figures import make_figures, plot_training_curves
 from betavae.report.html import Section, empty, esc, figure, fmt_number, img, img_file, page, table, write_page
-from betavae.training import rundir
+from betavae.training import load, rundir
 from betavae.training.config import TrainConfig
 from betavae.training.diagnostics import run_episodes
 from betavae.training.logging import read_metrics
 from betavae.training.rundir import (DIAGNOSIS_FILE, EVALUATION_FILE, FIGURE_FILES, FIGURES_DIR, RECONSTRUCTIONS_FIGURE,
                                      REPORT_FILE, SAMPLES_FIGURE, TRAINING_CURVES_FIGURE, TRAVERSALS_ANIMATION,
-                                     TRAVERSALS_FIGURE)
+                                     TRAVERSALS_FIGURE, refuse_writes)
 #: Logged keys drawn in the main curves figure, or shown elsewhere (throughput, time; Adam's learning
 #: rate is stated in the "Optimisation" row).
-MAIN_CURVE_KEYS = ("step", "reconstruction", "kl", "weighted_kl", "kl_per_dim", "images_per_second", "elapsed_seconds",
-                   "lr")
+MAIN_CURVE_KEYS = ("step", "reconstruction", "kl", "weighted_regulariser", "kl_per_dim", "images_per_second",
+                   "elapsed_seconds", "lr")
 #: Logged by every objective (the rest of a record's numeric keys are the objective's own terms).
 SHARED_TERMS = ("elbo", "loss", "active_dims")
 
@@ -51,8 +53,6 @@ def run_report(run_dir: str | Path, model: VAE | None = None, dataset: ImageData
     encoded (``mi_images`` of them) for the factor sections. ``reference`` names a shipped
     reference model (``betavae.reference``) shown beside the run: metrics side by side, its traversals.
     """
-    from betavae.reference import refuse_writes
-
     check_seed(seed)
     run_dir = Path(run_dir)
     refuse_writes(run_dir, "write a report for")
@@ -67,8 +67,6 @@ def _write_report(run_dir: Path, config: TrainConfig, model: VAE | None, dataset
     diagnosis = _read_json(run_dir / DIAGNOSIS_FILE)
     problems: list[str] = []  # why model-based sections are missing
     if model is None:
-        from betavae.training import load
-
         try:
             model = load(run_dir)
         except BetaVAEError as exc:
@@ -125,8 +123,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _objective_words(name: str) -> str:
     """The objective's title where it has one, and the flag that selects it."""
-    from betavae.objectives import OBJECTIVES
-
     title = getattr(OBJECTIVES.get(name), "title", None)
     flag = f"<code>--objective {esc(name)}</code>"
     return f"{esc(title)} ({flag})" if title else f"objective {flag}"
@@ -333,8 +329,6 @@ def _metrics_section(run_dir: Path, dataset: ImageDataset | None) -> str:
 
 
 def _reference_section(run_dir: Path, name: str) -> str:
-    from betavae import reference
-
     try:
         meta, theirs = reference.info(name), reference.evaluation(name)
     except BetaVAEError as exc:
@@ -368,7 +362,7 @@ def _factor_sections(model: VAE, dataset: FactorDataset, kl_per_dim: list[float]
     left_out = [dataset.factor_names[k] for k in range(len(dataset.factor_sizes)) if k not in varying]
     left_out_note = (f" Factors with one value in the sample ({esc(', '.join(left_out))}) are left out." if left_out else "")
     mi = mutual_information_matrix(codes, factors[:, varying], NUM_BINS)  # (D, K')
-    entropies = factor_entropies(factors[:, varying])
+    entropies = discrete_entropy(factors[:, varying])  # H(v_k): the most a dim can share
     heatmap = figure(
         img(charts.mutual_information_heatmap(mi, entropies, names, kl_per_dim, threshold), "image/png",
             "mutual information between code dims and factors", "mutual_information"),

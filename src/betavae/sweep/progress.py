@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from betavae.metrics.evaluate import EvaluationProgress
+from betavae.training.rundir import METRICS_FILE
 
 #: The Optuna system attribute a running trial's phase is kept in.
 PHASE_ATTR = "betavae_phase"
@@ -51,7 +52,7 @@ class TrialPhase:
         with self._lock:
             state = dict(self._state)
         if state["phase"] == "training":
-            record = last_record(self.run_dir / "metrics.jsonl")
+            record = last_record(self.run_dir / METRICS_FILE)
             if record is not None:
                 state.update(step=int(record.get("step", 0)), elapsed=float(record.get("elapsed_seconds", 0.0)))
         return state

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from betavae.checks import one_line
+from betavae.data import dataset_from_config
 from betavae.errors import BetaVAEError
 from betavae.files import write_json_atomic
 from betavae.sweep import study as sweep_study
@@ -24,8 +25,6 @@ def resolve_metric(spec: SweepSpec) -> str:
     """The metric the recommendation ranks by: the given one, else MIG with factors, UDR without."""
     if spec.metric is not None:
         return spec.metric
-    from betavae.data import dataset_from_config
-
     dataset = dataset_from_config(spec.trial_config(*spec.grid()[0]))
     evaluated = spec.metrics == "all" or "mig" in [m.strip() for m in spec.metrics.split(",")]
     return "mig" if getattr(dataset, "has_factors", False) and evaluated else "udr"

@@ -17,25 +17,13 @@ from betavae.sweep.recommend import DEFAULT_TOLERANCE
 from betavae.sweep.storage import check_storage_url
 from betavae.sweep.udr import CORRELATIONS, KL_THRESHOLD
 from betavae.training.config import TrainConfig
+from betavae.training.parallel import check_group
 
-#: objective -> the TrainConfig field holding its main regularisation weight, the one a sweep varies.
-WEIGHT_FIELDS: dict[str, str] = {
-    "beta": "beta",
-    "tc": "beta",
-    "capacity": "capacity_max",
-    "factor": "factor_gamma",
-    "dip1": "dip_lambda_od",
-    "dip2": "dip_lambda_od",
-}
-#: How each weight is written in messages and plots.
-WEIGHT_SYMBOLS: dict[str, str] = {"beta": "β", "capacity_max": "C_max", "factor_gamma": "γ", "dip_lambda_od": "λ_od"}
-#: The value of each metric a sweep ranks by when the metric's name alone is given.
-PRIMARY_VALUES: dict[str, str] = {"beta_vae_score": "eval_accuracy", "factor_vae_score": "eval_accuracy", "mig": "mig",
-                                  "sap": "sap", "dci": "disentanglement", "modularity_explicitness": "modularity",
-                                  "unsupervised": "gaussian_total_correlation"}
-#: Protocol sample-count parameters that ``eval_samples`` scales down (those a metric has).
+#: objective -> the TrainConfig field a sweep varies; each objective class names its own (``weight_field``).
+WEIGHT_FIELDS: dict[str, str] = {name: cls.weight_field for name, cls in OBJECTIVES.items() if cls.weight_field}
 #: The most trials one sweep holds, local worker processes, and seconds between heartbeats.
 MAX_TRIALS, MAX_WORKERS, MAX_HEARTBEAT = 10_000, 1024, 86_400
+#: Protocol sample-count parameters that ``eval_samples`` scales down (those a metric has).
 _SAMPLE_FIELDS = {"num_train": 1.0, "num_eval": 0.5, "num_test": 0.5, "num_variance_estimate": 1.0,
                   "chen_num_samples": 1.0}
 
@@ -74,7 +62,7 @@ class SweepSpec:
 
     @property
     def weight_symbol(self) -> str:
-        return WEIGHT_SYMBOLS.get(self.weight_field, self.weight_field)
+        return OBJECTIVES[self.objective].weight_symbol or self.weight_field
 
     @property
     def storage_url(self) -> str:
@@ -186,8 +174,6 @@ class SweepSpec:
         if self.base.get("compile", "off") != "off":
             raise ConfigError(f"--compile {self.base['compile']} compiles one model's forward pass; trials trained "
                               "together (--parallel) run uncompiled. Drop --compile or use --parallel 1.")
-        from betavae.training.parallel import check_group
-
         check_group([self.trial_config(weight, seed) for weight, seed in self.grid()[:2]])
 
 
@@ -195,7 +181,8 @@ def metric_key(metric: str) -> str:
     """``mig`` -> ``mig.mig``; ``dci`` -> ``dci.disentanglement``; ``udr`` and ``a.b`` stay."""
     if metric == "udr" or "." in metric:
         return metric
-    return f"{metric}.{PRIMARY_VALUES.get(metric, metric)}"
+    cls = METRIC_TYPES.get(metric)
+    return f"{metric}.{cls.primary_value if cls is not None else metric}"
 
 
 def default_workers_threads(workers: int) -> int:

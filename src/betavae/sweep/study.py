@@ -36,6 +36,7 @@ from betavae.sweep.progress import (TrialPhase, describe, format_duration, phase
                                     seconds_left, training_seconds_left)
 from betavae.sweep.spec import SweepSpec
 from betavae.sweep.storage import check_storage_url, redact_text, redact_url
+from betavae.sweep.trial import run_trials
 
 HOST = socket.gethostname()
 #: Study attribute holding the sweep's definition; a run with other settings must use another study.
@@ -306,8 +307,6 @@ def work(spec: SweepSpec, stream: TextIO | None = None, max_trials: int | None =
     With ``spec.parallel`` = K the worker claims up to K waiting trials at once and trains them
     together in one process (:func:`betavae.sweep.trial.run_trials`), each with its own heartbeat.
     """
-    from betavae.sweep.trial import run_trials
-
     optuna = _optuna()
     stream = stream or sys.stderr
     study = open_study(spec)

@@ -11,9 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
+import betavae
+from betavae.data import dataset_from_config
+from betavae.metrics import evaluate_run
 from betavae.metrics.evaluate import Progress
 from betavae.sweep.progress import TrialPhase
 from betavae.sweep.spec import SweepSpec
+from betavae.training.config import TrainConfig
+from betavae.training.parallel import train_group
 from betavae.training.rundir import CONFIG_FILE, DIAGNOSIS_FILE, MODEL_FILE
 
 
@@ -37,10 +42,6 @@ def udr_images(dataset: Any, spec: SweepSpec) -> np.ndarray:
 
 def udr_codes(run_dir: Path, spec: SweepSpec) -> tuple[np.ndarray, np.ndarray]:
     """Posterior means (N, D) of the run's model on the sweep's UDR images, and the mean KL per latent."""
-    import betavae
-    from betavae.data import dataset_from_config
-    from betavae.training.config import TrainConfig
-
     model = betavae.load(run_dir)
     dataset = dataset_from_config(TrainConfig.load(run_dir))
     images = dataset.images(udr_images(dataset, spec))
@@ -64,15 +65,6 @@ def flatten_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
-def run_trial(spec: SweepSpec, weight: float, seed: int, log_path: Path) -> dict[str, Any]:
-    """Train the (weight, seed) trial, resuming its run directory when an earlier attempt left one,
-    then evaluate it. Returns the values the study stores for the trial."""
-    outcome = run_trials(spec, [(weight, seed)], [log_path])[0]
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
-
-
 def run_trials(spec: SweepSpec, points: list[tuple[float, int]], log_paths: list[Path],
                phases: list[TrialPhase] | None = None) -> list[dict[str, Any] | Exception]:
     """Train and evaluate several trials; per trial its record or the error that stopped it.
@@ -83,9 +75,6 @@ def run_trials(spec: SweepSpec, points: list[tuple[float, int]], log_paths: list
     only evaluated. A failure of one trial (NaN loss, an existing directory it may not write) is that
     trial's outcome and does not stop the others. ``phases`` (one per point) are kept up to date.
     """
-    import betavae
-    from betavae.training.parallel import train_group
-
     configs = [spec.trial_config(weight, seed) for weight, seed in points]
     phases = phases or [TrialPhase(c.run_dir(), c.steps) for c in configs]
     outcomes: list[dict[str, Any] | Exception | None] = [None] * len(points)
@@ -138,8 +127,6 @@ def run_trials(spec: SweepSpec, points: list[tuple[float, int]], log_paths: list
 
 def evaluate_trial(spec: SweepSpec, run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
     """Evaluate a trained trial's run directory; the values the study stores for the trial."""
-    from betavae.metrics import evaluate_run
-
     evaluation = evaluate_run(run_dir, metrics=spec.metrics, seed=spec.eval_seed, params=spec.metric_params(),
                               progress=progress)
     diagnosis = json.loads((run_dir / DIAGNOSIS_FILE).read_text())

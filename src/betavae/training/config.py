@@ -11,7 +11,7 @@ import math
 import re
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,10 @@ from betavae.data import DATASETS, IMAGE_SIZES
 from betavae.errors import CheckpointError, ConfigError
 from betavae.files import write_json_atomic
 from betavae.models import ARCHITECTURES
+from betavae.models.architectures import WIDTH_PARAMETER
 from betavae.objectives import ESTIMATORS, LIKELIHOODS, OBJECTIVES, SCHEDULES
 from betavae.training.memory import check_memory
+from betavae.training.recipes import RECIPES, recipe_values
 
 
 #: The config's file in a run directory (betavae.training.rundir names the others).
@@ -167,16 +169,12 @@ class TrainConfig:
         if self.time_limit is not None and not (math.isfinite(self.time_limit) and self.time_limit > 0):
             raise ConfigError(f"time_limit must be a number of minutes > 0, got {self.time_limit!r}.")
         if self.width is not None:
-            from betavae.models.architectures import WIDTH_PARAMETER
-
             if self.arch not in WIDTH_PARAMETER:
                 raise ConfigError(f"architecture '{self.arch}' has fixed published widths; drop --width or use "
                                   f"--arch {' or '.join(WIDTH_PARAMETER)}.")
             if self.width < 1:
                 raise ConfigError(f"width must be a whole number >= 1, got {self.width}.")
         if self.recipe is not None:
-            from betavae.training.recipes import RECIPES
-
             if self.recipe not in RECIPES:
                 raise ConfigError(f"unknown recipe '{self.recipe}'; choose one of: {', '.join(RECIPES)}.")
         if self.compile == "cudagraphs" and self.device == "cpu":
@@ -281,6 +279,6 @@ def _positive_int(config: TrainConfig, *names: str) -> None:
             raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}.")
 
 
-def field_defaults() -> dict[str, Any]:
-    """Each config field's default value."""
-    return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+def recipe_config(name: str, **overrides: Any) -> TrainConfig:
+    """A :class:`TrainConfig` of recipe ``name`` (see :mod:`betavae.training.recipes`), ``overrides`` winning."""
+    return TrainConfig(**{**recipe_values(name), **overrides})

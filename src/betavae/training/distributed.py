@@ -59,10 +59,6 @@ class Distributed:
         local = batch_size // self.world_size
         return slice(self.rank * local, (self.rank + 1) * local)
 
-    def describe(self) -> str:
-        return f"{self.world_size} processes (torchrun)" if self.enabled else "1 process"
-
-
 SINGLE = Distributed()
 
 

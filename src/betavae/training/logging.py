@@ -25,12 +25,23 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
     write_atomic(path, lambda f: f.write("".join(line + "\n" for line in kept)), mode="w")
 
 
+#: Log keys renamed since, old name -> new: runs written before (the shipped reference models among them)
+#: read as new ones. ``weighted_kl`` held the whole weighted regulariser for every objective, not only β·KL.
+RENAMED_KEYS = {"weighted_kl": "weighted_regulariser"}
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Every record of ``RUN/metrics.jsonl``."""
+    """Every record of ``RUN/metrics.jsonl``, with keys renamed since under their new names."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [record for _, record in _parse(path)]
+    return [_current_names(record) for _, record in _parse(path)]
+
+
+def _current_names(record: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(record, dict) or not RENAMED_KEYS.keys() & record.keys():
+        return record
+    return {RENAMED_KEYS.get(key, key): value for key, value in record.items()}
 
 
 def _parse(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -108,7 +119,8 @@ class TrainingLog:
                 self._writer.add_text("diagnosis", f"step {step}: {event['message']}", step)
         summary = (
             f"recon {_fmt(record['reconstruction'])}  KL {_fmt(record['kl'])}  "
-            f"{self.regulariser_label} {_fmt(record.get('weighted_kl', float('nan')))}  active {record['active_dims']}"
+            f"{self.regulariser_label} {_fmt(record.get('weighted_regulariser', float('nan')))}  "
+            f"active {record['active_dims']}"
         )
         if self._bar is not None:
             self._bar.set_postfix_str(summary, refresh=False)

@@ -500,12 +500,13 @@ def finish(run_dir: Path, config: TrainConfig, model: VAE, spec: dict[str, Any],
     write_json_atomic(run_dir / DIAGNOSIS_FILE, diagnosis)
     log.message("betavae: diagnosis\n" + format_diagnosis(diagnosis))
     if config.figures:
+        # Imported here: the report package (matplotlib) is loaded only by a run that draws, and it reads
+        # run directories through this package, so a module-level import would be circular.
+        from betavae.report import run_report
         from betavae.report.figures import make_figures
 
         figures = make_figures(run_dir, model.eval(), dataset, history, diagnosis, seed=config.seed)
         log.message(f"betavae: figures in {figures}")
-        from betavae.report import run_report
-
         log.message(f"betavae: report in {run_report(run_dir, model, dataset, seed=config.seed)}")
     save_model(run_dir / MODEL_FILE, model, spec, step)
     log.message(f"betavae: done; model, logs and figures are in {run_dir}")

@@ -80,13 +80,6 @@ def recipe_values(name: str) -> dict[str, Any]:
     return {**RECIPES[name].values, "recipe": name}
 
 
-def recipe_config(name: str, **overrides: Any):  # -> TrainConfig
-    """A :class:`TrainConfig` of recipe ``name``, with ``overrides`` winning over it."""
-    from betavae.training.config import TrainConfig
-
-    return TrainConfig(**{**recipe_values(name), **overrides})
-
-
 def format_recipes() -> str:
     width = max(map(len, RECIPES))
     return "\n".join(f"{r.name:<{width}}  {r.summary}" for r in RECIPES.values())

@@ -38,12 +38,10 @@ from typing import Any, Iterator
 
 from betavae.errors import BetaVAEError, CheckpointError, ConfigError, RunInUseError, TrainingError
 from betavae.files import fsync_dir, is_temporary
-from betavae.reference import INFO_FILE as REFERENCE_FILE
-from betavae.reference import refuse_writes
 from betavae.training.config import CONFIG_FILE, TrainConfig
 
-# CONFIG_FILE and REFERENCE_FILE (a shipped reference model's record) are defined beside the code that
-# reads them and imported here, so this module names every file of a run directory.
+# CONFIG_FILE is defined beside the code that reads it and imported here, so this module names every
+# file of a run directory.
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
@@ -54,6 +52,10 @@ REPORT_FILE = "report.html"
 EVALUATION_FILE = "evaluation.json"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".betavae.lock"
+REFERENCE_FILE = "REFERENCE.json"  # a shipped reference model's record (how it was made)
+
+#: The shipped reference models' folder (:mod:`betavae.reference`): run directories kept read-only.
+REFERENCE_ROOT = Path(__file__).resolve().parents[1] / "reference"
 
 # Inside each checkpoint
 TENSORS_FILE = "tensors.safetensors"
@@ -72,6 +74,19 @@ _RUN_FILES = {CONFIG_FILE, METRICS_FILE, MODEL_FILE, DIAGNOSIS_FILE, REPORT_FILE
               REFERENCE_FILE}
 _CHECKPOINT_NAME = re.compile(r"step-\d{8}|\.tmp-step-\d{8}-\d+")  # complete, or being written
 _TENSORBOARD_EVENTS = "events.out.tfevents."
+
+
+def refuse_writes(run_dir: str | Path, action: str) -> None:
+    """Raise :class:`ConfigError` when ``run_dir`` is a shipped reference model (they are read-only)."""
+    try:
+        resolved = Path(run_dir).resolve()
+        inside = resolved.is_relative_to(REFERENCE_ROOT)
+    except (OSError, ValueError):  # a path that cannot be looked up is no shipped model; the reader reports it
+        return
+    if inside:
+        name = resolved.relative_to(REFERENCE_ROOT).parts[0] if resolved != REFERENCE_ROOT else "NAME"
+        raise ConfigError(f"{run_dir} is a shipped reference model and is kept as shipped; {action} a copy instead: "
+                          f"betavae reference --copy {name} runs/{name}")
 
 
 #: Config values a resumed run may change: how long it trains, how it reports and saves, where it runs.
