@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import numbers
 import sys
 import time
 from dataclasses import fields
@@ -177,10 +178,32 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     if not history or not diagnosis_path.is_file():
         raise BetaVAEError(f"{run_dir} has no finished training logs ({METRICS_FILE}, {DIAGNOSIS_FILE}); "
                            "finish or resume the run first.")
-    diagnosis = json.loads(diagnosis_path.read_text())
+    diagnosis = _read_diagnosis(diagnosis_path, model.latents)
     out = make_figures(run_dir, model, dataset_from_config(config), history, diagnosis, seed=args.seed)
     print(f"figures written to {out}")
     return 0
+
+
+def _read_diagnosis(path: Path, latents: int) -> dict:
+    """``diagnosis.json`` with what the figures draw from it, or a :class:`BetaVAEError` naming the file."""
+
+    def is_number(v: object) -> bool:
+        return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+    try:
+        diagnosis = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        diagnosis, problem = None, f"it is not readable JSON ({exc})"
+    else:
+        problem = "it does not hold the diagnosis of this run (kl_per_dim, collapse_threshold, episodes)"
+    if isinstance(diagnosis, dict) and isinstance(diagnosis.get("kl_per_dim"), list) \
+            and len(diagnosis["kl_per_dim"]) == latents and all(map(is_number, diagnosis["kl_per_dim"])) \
+            and is_number(diagnosis.get("collapse_threshold")) and isinstance(diagnosis.get("episodes", []), list) \
+            and all(isinstance(e, dict) and is_number(e.get("start")) and is_number(e.get("end"))
+                    for e in diagnosis.get("episodes", [])):
+        return diagnosis
+    raise BetaVAEError(f"{path} is damaged: {problem}. Resume the run to write it again "
+                       f"('betavae train --resume {path.parent} --steps N' with N beyond its last step).")
 
 
 def _number_list(text: str, flag: str) -> list[float]:

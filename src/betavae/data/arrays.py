@@ -108,6 +108,9 @@ def load_array_file(path: Path) -> np.ndarray:
             raise DataError(
                 f"{path}: no image array found; store it under the key 'images' (found {sorted(npz.files)})."
             )
+    except MemoryError as exc:  # a header claiming more than memory holds (a damaged file claims petabytes)
+        raise DataError(f"{path} claims an array too large for this machine's memory ({exc}); the file may be "
+                        "damaged. Check its shape with numpy.load(path, mmap_mode='r').shape.") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise pickle_error(path, exc) from exc
 

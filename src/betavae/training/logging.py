@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from betavae.errors import TrainingError
 from betavae.files import write_atomic
 
 from betavae.training.rundir import METRICS_FILE, TENSORBOARD_DIR
@@ -45,14 +47,47 @@ def _current_names(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _parse(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(line, record) pairs; a partial last line (a kill during a write) is dropped."""
+    """(line, record) pairs; a line that is no record betavae writes (a partial last line after a kill during
+    a write, or a damaged one) is dropped. A file that cannot be read is a :class:`TrainingError` naming it."""
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise TrainingError(f"cannot read {path} ({exc.strerror or exc}); it should be the run's training log, "
+                            "a file of one JSON record per line. Move it aside to go on without it.") from exc
     pairs = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
-            pairs.append((line, json.loads(line)))
+            record = json.loads(line)
         except ValueError:
             continue
+        if _is_record(record):
+            pairs.append((line, record))
+    if pairs:  # every record has one KL per latent dim: a line with another count is damaged
+        latents = Counter(len(record["kl_per_dim"]) for _, record in pairs).most_common(1)[0][0]
+        pairs = [(line, record) for line, record in pairs if len(record["kl_per_dim"]) == latents]
     return pairs
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_record(record: Any) -> bool:
+    """Whether ``record`` has the form of a logged record: a step, numbers, KL per dim and events."""
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int) or isinstance(record["step"], bool):
+        return False
+    if not (_is_number(record.get("reconstruction")) and _is_number(record.get("kl")) and "kl_per_dim" in record):
+        return False
+    for key, value in record.items():
+        if key == "kl_per_dim":
+            ok = isinstance(value, list) and all(map(_is_number, value))
+        elif key == "events":
+            ok = isinstance(value, list) and all(isinstance(v, dict) for v in value)
+        else:
+            ok = _is_number(value)
+        if not ok:
+            return False
+    return True
 
 
 def _fmt(value: float) -> str:

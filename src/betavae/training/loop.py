@@ -93,13 +93,36 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     fused Adam walks a weight and its moments as flat memory, so moments in another layout would be
     applied to the wrong elements (silently). Copying them into the weight's layout prevents that.
     """
+    fresh = [dict(group) for group in optimizer.param_groups]
     optimizer.load_state_dict(state)
+    for group, default in zip(optimizer.param_groups, fresh):  # a damaged value fails here, not at the first step
+        for key, value in default.items():
+            if key != "params" and not _same_kind(group.get(key), value):
+                raise ValueError(f"optimizer setting '{key}' is {group.get(key)!r}, expected a value like {value!r}")
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if not isinstance(value, torch.Tensor) or not value.is_floating_point() or (
+                        key != "step" and value.shape != param.shape) or (key == "step" and value.numel() != 1):
+                    raise ValueError(f"optimizer state '{key}' of a weight of shape {tuple(param.shape)} is damaged")
     for group in optimizer.param_groups:
         for param in group["params"]:
             moments = optimizer.state.get(param, {})
             for key, value in moments.items():
                 if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
                     moments[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether an optimizer setting read from a checkpoint has the form of its default (numbers as numbers)."""
+    if isinstance(default, bool) or default is None:
+        return value is None or isinstance(value, bool)  # flags: saved by another PyTorch, None may stand for False
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list)) and len(value) == len(default) and all(
+            _same_kind(v, d) for v, d in zip(value, default))
+    return isinstance(value, type(default))
 
 
 class TrainingForward(nn.Module):
@@ -209,15 +232,18 @@ def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None 
                 f"{run_dir} already reached step {state['step']} of {config.steps}; pass a larger --steps to train further."
             )
         dataset = distributed.agree(dist, lambda: dataset_from_config(config), main_first=True)
+        read_metrics(run_dir)  # an unreadable training log stops the resume before anything is written
         with rundir.explaining_write_errors(run_dir):
-            if steps is not None or time_limit is not None:
-                distributed.agree(dist, lambda: config.save(run_dir / CONFIG_FILE), main_only=True)
             # No checkpoint yet (killed early): start again from step 0 in the same directory.
-            return _train(config, run_dir, dataset, state, stream, dist, device)
+            return _train(config, run_dir, dataset, state, stream, dist, device,
+                          save_config=steps is not None or time_limit is not None)
 
 
 def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint: dict[str, Any] | None,
-           stream: TextIO | None, dist: Distributed, device: torch.device) -> Path:
+           stream: TextIO | None, dist: Distributed, device: torch.device, save_config: bool = False) -> Path:
+    """Train ``config`` in ``run_dir`` from ``checkpoint`` (None: from step 0); ``save_config`` writes the config
+    (a resume's new --steps or --time-limit) once the checkpoint has loaded, so a checkpoint that does not fit
+    leaves the run as it was."""
     with torch.random.fork_rng(devices=[]):  # seeded weight init without touching global RNG state
         torch.manual_seed(config.seed)
         model = model_from_spec(model_spec(config.arch, config.latents, dataset.image_shape, config.width))
@@ -246,6 +272,8 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     if config.time_limit is not None and trained_before >= config.time_limit * 60.0:
         raise ConfigError(f"{run_dir} has trained {trained_before / 60:.1f} minutes, its --time-limit of "
                           f"{config.time_limit:g}; resume it with a larger time limit to train further.")
+    if save_config:
+        distributed.agree(dist, lambda: config.save(run_dir / CONFIG_FILE), main_only=True)
     # DDP makes every process start from process 0's weights; compiling happens at the first step.
     net = OneModel(model, _compiled(distributed.wrap(TrainingForward(model), dist, device), config.compile), optimizer)
     if dist.is_main:
