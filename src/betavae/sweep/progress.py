@@ -15,7 +15,7 @@ import json
 import statistics
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from betavae.metrics.evaluate import EvaluationProgress
 from betavae.training.rundir import METRICS_FILE
@@ -79,29 +79,41 @@ def last_record(path: Path, tail_bytes: int = 16384) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def publish_phase(study: Any, trial_id: int, phase: TrialPhase, seconds: float) -> Iterator[None]:
-    """Copy ``phase`` into the trial's system attributes every ``seconds`` while the block runs."""
+def repeating(action: Callable[[], None], seconds: float, name: str, at_start: bool = False) -> Iterator[None]:
+    """Run ``action`` every ``seconds`` in a background thread while the block runs (first at once if
+    ``at_start``). Its errors are ignored: whatever it records is recorded again on the next round."""
     stop = threading.Event()
-    storage = study._storage
 
-    def publish() -> None:
-        last = None
-        while True:
-            state = phase.snapshot()
-            if state != last:
-                with contextlib.suppress(Exception):  # progress is shown on a best-effort basis
-                    storage.set_trial_system_attr(trial_id, PHASE_ATTR, state)
-                    last = state
-            if stop.wait(seconds):
-                return
+    def loop() -> None:
+        if at_start:
+            with contextlib.suppress(Exception):
+                action()
+        while not stop.wait(seconds):
+            with contextlib.suppress(Exception):
+                action()
 
-    thread = threading.Thread(target=publish, name=f"phase-{trial_id}", daemon=True)
+    thread = threading.Thread(target=loop, name=name, daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join()
+
+
+def publish_phase(study: Any, trial_id: int, phase: TrialPhase, seconds: float) -> contextlib.AbstractContextManager:
+    """Copy ``phase`` into the trial's system attributes (when it changed) every ``seconds`` while the
+    block runs."""
+    storage = study._storage
+    last: list[dict[str, Any]] = []
+
+    def publish() -> None:
+        state = phase.snapshot()
+        if not last or state != last[0]:
+            storage.set_trial_system_attr(trial_id, PHASE_ATTR, state)
+            last[:] = [state]
+
+    return repeating(publish, seconds, f"phase-{trial_id}", at_start=True)
 
 
 def describe(state: dict[str, Any]) -> str:

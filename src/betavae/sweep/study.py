@@ -26,13 +26,12 @@ import contextlib
 import os
 import socket
 import sys
-import threading
 import time
 import warnings
 from typing import Any, Iterator, TextIO
 
 from betavae.errors import BetaVAEError, ConfigError
-from betavae.sweep.progress import (TrialPhase, describe, format_duration, phase_of, publish_phase,
+from betavae.sweep.progress import (TrialPhase, describe, format_duration, phase_of, publish_phase, repeating,
                                     seconds_left, training_seconds_left)
 from betavae.sweep.spec import SweepSpec
 from betavae.sweep.storage import check_storage_url, redact_text, redact_url
@@ -230,24 +229,11 @@ def claim(study: Any) -> Any | None:
     return None
 
 
-@contextlib.contextmanager
-def heartbeat(study: Any, trial_id: int, seconds: float) -> Iterator[None]:
-    """Record the trial's heartbeat every ``seconds`` in a background thread while the block runs."""
-    stop = threading.Event()
+def heartbeat(study: Any, trial_id: int, seconds: float) -> contextlib.AbstractContextManager:
+    """Record the trial's heartbeat every ``seconds`` in a background thread while the block runs (a
+    missed beat is retried; a long outage makes the trial stale)."""
     storage = study._storage
-
-    def beat() -> None:
-        while not stop.wait(seconds):
-            with contextlib.suppress(Exception):  # a missed beat is retried; a long outage makes the trial stale
-                storage.record_heartbeat(trial_id)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    return repeating(lambda: storage.record_heartbeat(trial_id), seconds, f"heartbeat-{trial_id}")
 
 
 def progress(study: Any, spec: SweepSpec) -> dict[str, Any]:
