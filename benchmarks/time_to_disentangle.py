@@ -49,7 +49,8 @@ from betavae.metrics.mig import mig
 from betavae.metrics.run import encoder_fn
 from betavae.objectives.likelihoods import reconstruction_nll
 from betavae.training.logging import read_metrics
-from betavae.training.recipes import RECIPES, recipe_config
+from betavae.training.config import recipe_config
+from betavae.training.recipes import RECIPES
 
 
 def reconstruction(model: torch.nn.Module, images: np.ndarray) -> float:
