@@ -64,3 +64,27 @@ def test_width_is_refused_where_the_architecture_fixes_it():
         build_model("locatello", 10, (1, 64, 64), width=16)
     with pytest.raises(ConfigError, match="width must be"):
         build_model("burgess", 10, (1, 64, 64), width=0)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_output_bias_draws_the_given_image_when_the_last_weights_are_zero(arch):
+    from betavae.models import init_output_bias
+
+    torch.manual_seed(0)
+    model = build_model(arch, latents=4, image_shape=(3, 32, 32))
+    image = torch.rand(3, 32, 32)
+    init_output_bias(model, image)
+    last = [m for m in model.decoder.modules() if isinstance(m, (torch.nn.Linear, torch.nn.ConvTranspose2d))][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        out = torch.sigmoid(model.decode(torch.randn(5, 4)))
+    # mlp has a bias per pixel: the image itself; the conv nets one per channel: the channel's mean
+    expected = image if arch == "mlp" else image.mean((1, 2), keepdim=True).expand_as(image)
+    torch.testing.assert_close(out, expected.expand_as(out))
+
+
+def test_output_bias_refuses_an_image_that_fits_no_bias():
+    from betavae.models import init_output_bias
+
+    with pytest.raises(ConfigError, match="output bias"):
+        init_output_bias(build_model("burgess", 4, (1, 32, 32)), torch.zeros(3, 32, 32))

@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 import betavae
 from betavae.errors import CheckpointError, ConfigError
+from betavae.objectives.likelihoods import reconstruction_nll
 from betavae.training.checkpoint import list_checkpoints, load_checkpoint
 from betavae.training.logging import read_metrics
 
@@ -180,3 +181,37 @@ def test_restored_adam_moments_take_their_weights_memory_layout():
         return weight.detach()
 
     assert torch.equal(train(restore_at=None), train(restore_at=1))
+
+
+def test_data_initialised_decoder_starts_at_the_constant_image(small_npy, tmp_path):
+    from betavae.data import dataset_from_config
+    from betavae.models import model_from_spec, model_spec
+    from betavae.training.loop import initialise
+
+    config = betavae.TrainConfig(data=str(small_npy), latents=3, decoder_init="data", out=str(tmp_path / "run"))
+    dataset = dataset_from_config(config)
+    torch.manual_seed(0)
+    model = model_from_spec(model_spec(config.arch, config.latents, dataset.image_shape, config.width))
+    x = torch.from_numpy(dataset.images(np.arange(len(dataset))))  # all 512 images: the mean is exact
+    with torch.no_grad():
+        untouched = float(reconstruction_nll(model.decode(model.encode(x)[0]), x).mean())
+        initialise(model, config, dataset)
+        started = float(reconstruction_nll(model.decode(model.encode(x)[0]), x).mean())
+    # the conv decoder has one output bias: the best single grey level, the mean pixel
+    mean_pixel = float(x.mean())
+    constant = float(reconstruction_nll(torch.full_like(x, np.log(mean_pixel / (1 - mean_pixel))), x).mean())
+    assert started == pytest.approx(constant, rel=0.01)  # the initial weights add almost nothing
+    assert untouched > 2.5 * constant  # PyTorch's init draws grey: about log 2 nats a pixel
+
+
+def test_a_checkpoint_older_than_a_config_field_resumes_with_its_default(tmp_path):
+    from betavae.training import rundir
+
+    config = betavae.TrainConfig(out=str(tmp_path / "run"))
+    record = rundir.config_record(config)
+    del record["config"]["decoder_init"]  # written before the field existed
+    record["config_sha256"] = "older"
+    rundir.check_unchanged({**record, "step": 10}, config, tmp_path)  # the default: nothing changed
+    with pytest.raises(ConfigError, match="decoder_init 'default' -> 'data'"):
+        rundir.check_unchanged({**record, "step": 10}, betavae.TrainConfig(out=str(tmp_path / "run"),
+                                                                           decoder_init="data"), tmp_path)

@@ -89,3 +89,25 @@ def model_from_spec(spec: dict) -> VAE:
 def is_convolutional(arch: str) -> bool:
     """Whether ``arch`` benefits from the channels-last memory format."""
     return ARCHITECTURES[arch][2]
+
+
+def init_output_bias(model: VAE, image: torch.Tensor) -> None:
+    """Set the bias of the decoder's output layer so that, with the weights near zero, it draws ``image``
+    ``(C, H, W)``, in [0, 1] (decoder outputs pass through a sigmoid): per pixel where the layer has a bias
+    per pixel (mlp), else per channel, each channel's mean (the convolutional nets).
+
+    Started from the data's mean image, training skips the phase in which the decoder learns that image
+    while the KL, with nothing yet to pay for, falls to zero (docs/recipes.md).
+    """
+    layers = [m for m in model.decoder.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+    if not layers or layers[-1].bias is None:
+        raise ConfigError("this decoder has no output bias to initialise; use the default initialisation.")
+    bias = layers[-1].bias
+    with torch.no_grad():
+        if bias.numel() == image.numel():
+            bias.copy_(torch.logit(image.reshape(-1), eps=1e-6))
+        elif bias.numel() == image.shape[0]:
+            bias.copy_(torch.logit(image.reshape(image.shape[0], -1).mean(1), eps=1e-6))
+        else:
+            raise ConfigError(f"the decoder's output bias has {bias.numel()} values, which fit neither the image "
+                              f"{tuple(image.shape)} nor its channels; use the default initialisation.")

@@ -31,6 +31,7 @@ CONFIG_FILE = "config.json"
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("off", "on", "cudagraphs")
 LR_SCHEDULES = ("constant", "cosine")
+DECODER_INITS = ("default", "data")
 MAX_CUDA_INDEX = 127  # torch holds a device index in 8 bits: cuda:128 would wrap to cuda:-128
 
 
@@ -85,6 +86,9 @@ class TrainConfig:
     dip_lambda_od: float = _opt(10.0, "dip1, dip2: weight λ_od of the off-diagonal covariance penalty")
     dip_lambda_d: float | None = _opt(None, "dip1, dip2: weight λ_d of the diagonal covariance penalty "
                                             "(default: 10·λ_od for dip1, λ_od for dip2)")
+    decoder_init: str = _opt("default", "the decoder's output bias at step 0: default (PyTorch's initialisation) or data "
+                                        "(the data's mean image, so training does not first spend hundreds of steps "
+                                        "learning it while the KL falls to zero)", choices=DECODER_INITS)
     likelihood: str = _opt("bernoulli", "reconstruction likelihood p(x|z)", choices=LIKELIHOODS)
     likelihood_scale: float = _opt(0.1, "fixed σ of the gaussian likelihood or b of the laplace likelihood")
     # Optimisation

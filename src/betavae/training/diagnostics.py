@@ -35,16 +35,35 @@ def _against_baseline(gain: float) -> str:
     return f"{100 * gain:.0f}% better than ignoring the latents"
 
 
+def constant_image(dataset: ImageDataset, likelihood: str, rng: np.random.Generator, n: int = 2048) -> torch.Tensor:
+    """The best image ``(C, H, W)`` in [0, 1] for a decoder that ignores z (each pixel's mean, or its
+    median for the Laplace likelihood), estimated on ``n`` images."""
+    idx = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
+    x = torch.from_numpy(dataset.images(np.sort(idx)))
+    return x.median(0).values if likelihood == "laplace" else x.mean(0)  # the NLL-optimal constant
+
+
+def _sample_images(dataset: ImageDataset, rng: np.random.Generator, n: int) -> torch.Tensor:
+    idx = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
+    return torch.from_numpy(dataset.images(np.sort(idx)))
+
+
+def _constant(x: torch.Tensor, likelihood: str) -> torch.Tensor:
+    return x.median(0).values if likelihood == "laplace" else x.mean(0)  # the NLL-optimal constant
+
+
+def constant_image(dataset: ImageDataset, likelihood: str, rng: np.random.Generator, n: int = 2048) -> torch.Tensor:
+    """The image ``(C, H, W)`` of the best decoder that ignores z (each pixel's mean; its median for the
+    Laplace likelihood), estimated on ``n`` images."""
+    return _constant(_sample_images(dataset, rng, n), likelihood)
+
+
 def reconstruction_baseline(
     dataset: ImageDataset, likelihood: str, scale: float, rng: np.random.Generator, n: int = 2048
 ) -> float:
     """NLL per image of the best decoder that ignores z (a constant image), estimated on ``n`` images."""
-    idx = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
-    x = torch.from_numpy(dataset.images(np.sort(idx)))
-    centre = x.median(0).values if likelihood == "laplace" else x.mean(0)  # the NLL-optimal constant
-    p = centre.clamp(1e-6, 1 - 1e-6)
-    output = torch.log(p) - torch.log1p(-p)  # decoder output whose sigmoid is the constant image
-    return float(reconstruction_nll(output.expand_as(x), x, likelihood, scale).mean())
+    x = _sample_images(dataset, rng, n)
+    return float(reconstruction_nll(torch.logit(_constant(x, likelihood), eps=1e-6).expand_as(x), x, likelihood, scale).mean())
 
 
 def diagnose(

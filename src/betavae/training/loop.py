@@ -32,7 +32,7 @@ from torch import nn
 from betavae.data import ImageDataset, dataset_from_config
 from betavae.errors import CheckpointError, ConfigError, TrainingError
 from betavae.files import write_bytes_atomic, write_json_atomic
-from betavae.models import VAE, is_convolutional, model_from_spec, model_spec
+from betavae.models import VAE, init_output_bias, is_convolutional, model_from_spec, model_spec
 from betavae.models.architectures import check_image_shape
 from betavae.models.vae import VAEOutput
 from betavae.objectives import Objective, build_objective
@@ -40,7 +40,8 @@ from betavae.training.checkpoint import (list_checkpoints, load_module_state, lo
                                          save_checkpoint)
 from betavae.training.config import CONFIG_FILE, TrainConfig
 from betavae.training import distributed, rundir
-from betavae.training.diagnostics import LiveDiagnosis, diagnose_run, format_diagnosis, reconstruction_baseline
+from betavae.training.diagnostics import (LiveDiagnosis, constant_image, diagnose_run, format_diagnosis,
+                                          reconstruction_baseline)
 from betavae.training.distributed import Distributed
 from betavae.training.logging import TrainingLog, read_metrics, truncate_metrics
 from betavae.training.rundir import DIAGNOSIS_FILE, MODEL_FILE
@@ -247,6 +248,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     with torch.random.fork_rng(devices=[]):  # seeded weight init without touching global RNG state
         torch.manual_seed(config.seed)
         model = model_from_spec(model_spec(config.arch, config.latents, dataset.image_shape, config.width))
+    initialise(model, config, dataset)
     channels_last = is_convolutional(config.arch)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     objective = build_objective(config, len(dataset)).to(device)
@@ -293,6 +295,12 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     if not dist.is_main:
         return run_dir
     return finish(run_dir, config, model, spec, dataset, objective.weight_label(), member.baseline, member.log)
+
+
+def initialise(model: VAE, config: TrainConfig, dataset: ImageDataset) -> None:
+    """What ``config`` asks of the fresh ``model`` beyond PyTorch's initialisation (``decoder_init``)."""
+    if config.decoder_init == "data":
+        init_output_bias(model, constant_image(dataset, config.likelihood, np.random.default_rng(config.seed)))
 
 
 @dataclass

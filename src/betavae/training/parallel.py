@@ -51,7 +51,7 @@ from betavae.training.config import TrainConfig
 from betavae.training.diagnostics import reconstruction_baseline
 from betavae.training.logging import truncate_metrics
 from betavae.training import distributed, rundir
-from betavae.training.loop import (Member, SilentLog, TrainingForward, finish, load_optimizer_state, make_adam,
+from betavae.training.loop import (Member, SilentLog, TrainingForward, finish, initialise, load_optimizer_state, make_adam,
                                    open_log, resolve_device, run_steps, start_message)
 
 #: Config fields every member of a group must share: they fix the network, the data, the batch
@@ -233,6 +233,7 @@ def _train_together(configs: list[TrainConfig], run_dirs: list[Path], dataset: I
             with torch.random.fork_rng(devices=[]):  # the weights betavae.train would start from
                 torch.manual_seed(config.seed)
                 model = model_from_spec(spec)
+            initialise(model, config, dataset)
             models.append(model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format))
             objective = build_objective(config, len(dataset)).to(device)
             truncate_metrics(run_dir, 0)

@@ -113,6 +113,7 @@ def check_unchanged(checkpoint: dict[str, Any], config: TrainConfig, run_dir: Pa
     if not isinstance(saved, dict) or checkpoint.get("config_sha256") == _fingerprint(config.to_dict()):
         return
     current = config.to_dict()
+    saved = {**type(config)().to_dict(), **saved}  # a field newer than the checkpoint: its default
     changed = [f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
                if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k)]
     if changed:
