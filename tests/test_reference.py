@@ -18,6 +18,9 @@ CHEAP_METRICS = ("mig", "sap")
 TOLERANCE = 0.005
 
 SHIPPED = reference.names()
+# Read at collection, before the tests' own fixture hides the shipped studies from every other test.
+STUDIES_ROOT = reference.STUDIES_ROOT
+SHIPPED_STUDIES = reference.studies()
 
 
 def test_the_recipes_reference_models_are_shipped():
@@ -64,3 +67,62 @@ def test_shipped_models_are_read_only():
         evaluate_run(folder, metrics="mig")
     with pytest.raises(ConfigError, match="shipped reference model"):
         betavae.resume(folder, steps=10**6)
+
+
+def test_no_study_shipped_means_none_and_no_error():
+    assert reference.studies() == [] and reference.study() is None  # tests/conftest.py hides the shipped ones
+    assert "studies:" not in reference.format_references()
+
+
+def test_a_shipped_study_is_found_with_its_files_and_provenance(shipped_study, finished_sweep):
+    assert reference.studies() == [reference.TRADEOFF_STUDY]
+    study = shipped_study
+    assert sorted(p.name for p in study.path.iterdir()) == ["STUDY.json", "recommendation.json", "summary.json",
+                                                            "tradeoff.png"]
+    assert study.figure.read_bytes() == (finished_sweep / "tradeoff.png").read_bytes()
+    assert study.recommended == 4.0 and study.weight_name == "β"
+    assert [row["weight"] for row in study.per_weight] == [1.0, 4.0, 16.0]
+    assert study.per_weight[1]["metrics"]["factor_vae_score.eval_accuracy"]["mean"] == pytest.approx(0.75)
+    info = study.info
+    assert info["command"].startswith("betavae sweep --beta 1,4,16") and info["hardware"] == "a test machine"
+    assert (info["minutes"], info["date"], info["trials"], info["completed"]) == (12.3, "2025-01-02", 9, 9)
+    assert info["weights"] == [1.0, 4.0, 16.0] and info["seeds"] == [0, 1, 2] and info["recommended"] == 4.0
+    assert info["metric"] == "mig.mig" and info["made_with"].startswith("betavae ")
+    # no machine's paths ship: run directories are relative to the sweep
+    assert {t["run_dir"] for t in study.summary["trials"]} >= {"trials/beta-beta4-seed0"}
+    assert "recommended β = 4" in reference.format_references()
+    header, rows, chosen = reference.study_table(study)
+    assert header == ["β", "seeds", "reconstruction NLL (nats)", "MIG", "FactorVAE score"]
+    assert rows[1] == ["4", "3", "38.0 ± 2.0", "0.350 ± 0.050", "0.750 ± 0.050"] and chosen == 1
+
+
+def test_ship_study_refuses_unfinished_sweeps_and_existing_studies(finished_sweep, tmp_path):
+    kwargs = {"command": "betavae sweep ...", "hardware": "here", "minutes": 1.0, "root": tmp_path / "studies"}
+    with pytest.raises(ConfigError, match="not a finished sweep"):
+        reference.ship_study(tmp_path / "nowhere", **kwargs)
+    summary = json.loads((finished_sweep / "summary.json").read_text())
+    summary["trials"][0]["state"] = "MISSING"
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    for name in ("recommendation.json", "tradeoff.png"):
+        (unfinished / name).write_bytes((finished_sweep / name).read_bytes())
+    (unfinished / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ConfigError, match="not finished .*beta-beta1-seed0"):
+        reference.ship_study(unfinished, **kwargs)
+    shipped = reference.ship_study(finished_sweep, **kwargs)
+    with pytest.raises(ConfigError, match="already exists"):
+        reference.ship_study(finished_sweep, **kwargs)
+    again = reference.ship_study(finished_sweep, **{**kwargs, "minutes": 2.0}, overwrite=True)
+    assert again == shipped and json.loads((again / "STUDY.json").read_text())["minutes"] == 2.0
+    assert [p.name for p in again.parent.iterdir()] == [reference.TRADEOFF_STUDY]  # no staging folder left
+
+
+@pytest.mark.parametrize("name", SHIPPED_STUDIES)
+def test_shipped_study_is_complete(name, monkeypatch):
+    monkeypatch.setattr(reference, "STUDIES_ROOT", STUDIES_ROOT)
+    study = reference.study(name)
+    assert study.figure is not None and study.figure.stat().st_size > 10_000
+    for key in ("command", "hardware", "date", "minutes"):
+        assert key in study.info
+    assert study.per_weight and all("metrics" in row for row in study.per_weight)
+    assert study.info["recommended"] == study.recommendation["weight"]

@@ -119,3 +119,53 @@ def test_cli_report(plain_run, tmp_path, capsys):
     assert (run / "report.html").is_file() and str(run / "report.html") in capsys.readouterr().out
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _rewrite_config(run, **values):
+    path = run / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
+def test_tradeoff_section_shows_the_shipped_study_and_where_this_run_sits(beta_run, tmp_path, shipped_study,
+                                                                         monkeypatch, parse_page):
+    import betavae
+    from betavae import reference
+    from betavae.data import dataset_from_config
+    from betavae.training import TrainConfig
+
+    run = tmp_path / "run"
+    shutil.copytree(beta_run, run)
+    model, dataset = betavae.load(beta_run), dataset_from_config(TrainConfig.load(beta_run))
+    page = parse_page(run_report(run, model, dataset, mi_images=300))
+    assert page.sections == COMMON + ["tradeoff"] + FACTOR_SECTIONS
+    text = page.text["tradeoff"]
+    assert page.figures("tradeoff") == ["study_tradeoff"]
+    assert "3 values of β × 3 seeds on dSprites" in text and "Recommended β = 4" in text
+    # one row per β: β, seeds, reconstruction, MIG, FactorVAE score (mean ± std over seeds), a note
+    for row in (("1", "3", "31.0 ± 1.0", "0.100 ± 0.050", "0.450 ± 0.050", ""),
+                ("4", "3", "38.0 ± 2.0", "0.350 ± 0.050", "0.750 ± 0.050", "recommended"),
+                ("16", "3", "65.0 ± 5.0", "0.250 ± 0.050", "0.620 ± 0.020", "")):
+        assert "".join(row) in text, row
+    assert "this run" not in text.lower()  # the run's data is a user's array, not dSprites: no place in the study
+
+    _rewrite_config(run, data=None, dataset="dsprites", beta=2.0)  # a β-VAE on dSprites with β = 2
+    page = parse_page(run_report(run, model, dataset, mi_images=300))
+    text = page.text["tradeoff"]
+    reconstruction = json.loads((run / "diagnosis.json").read_text())["reconstruction"]
+    assert f"this run: β = 2seed 0{reconstruction:.1f}not evaluatednot evaluated" in text
+    assert "This run's β = 2 lies between the study's β = 1 and β = 4, below the recommended β = 4." in text
+    assert shipped_study.info["command"] in text
+
+    monkeypatch.setattr(reference, "STUDIES_ROOT", tmp_path / "none")  # no study shipped: no section, no error
+    assert "tradeoff" not in parse_page(run_report(run, model, dataset, mi_images=300)).sections
+
+
+def test_where_a_runs_beta_sits_in_the_study():
+    from betavae.report.run_report import _where_it_sits
+
+    weights = [1.0, 4.0, 16.0]
+    assert _where_it_sits(4.0, weights, 4.0, "β") == "This run's β = 4 is one of the study's (its row is highlighted), the recommended one."
+    assert _where_it_sits(16.0, weights, 4.0, "β").endswith("one of the study's (its row is highlighted), above the recommended β = 4.")
+    assert _where_it_sits(0.5, weights, 4.0, "β") == ("This run's β = 0.5 is below the smallest the study trained (1), "
+                                                      "below the recommended β = 4.")
+    assert _where_it_sits(32.0, weights, None, "β") == "This run's β = 32 is above the largest the study trained (16)."

@@ -30,6 +30,7 @@ def test_sweep_writes_outputs_and_rerun_repeats_nothing(toy_npz, tmp_path, capsy
         assert t["reconstruction"] > 0 and "mig.mig" in t["metrics"] and "udr" in t["metrics"]
     assert [row["weight"] for row in summary["per_weight"]] == [1, 4]
     assert all(row["reconstruction"]["n"] == 2 for row in summary["per_weight"])
+    assert all({"mig.mig", "udr"} <= set(row["metrics"]) for row in summary["per_weight"])  # every metric's spread
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert len(rows) == 4 and {"reconstruction_nll", "kl", "active_dims", "mig.mig", "udr"} <= set(rows[0])
     recommendation = json.loads((out / "recommendation.json").read_text())

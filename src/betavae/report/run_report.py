@@ -1,9 +1,10 @@
 """``RUN/report.html``: what a run learned, in one self-contained page (see docs/report.md).
 
 Sections, by anchor: ``config``, ``diagnosis``, ``curves``, ``kl``, ``reconstructions``,
-``samples``, ``traversals``, ``metrics``; with ground-truth factors also ``mutual-information`` and
-``latent-factor``. A section whose inputs do not exist yet (no evaluation, an unfinished run, data
-that moved) says so and how to get it, instead of failing the report.
+``samples``, ``traversals``, ``metrics``; ``reference`` beside a shipped reference model; ``tradeoff``
+when betavae ships the dSprites β trade-off study (``betavae.reference.study``); with ground-truth
+factors also ``mutual-information`` and ``latent-factor``. A section whose inputs do not exist yet (no
+evaluation, an unfinished run, data that moved) says so and how to get it, instead of failing the report.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from betavae import reference
 from betavae.checks import check_seed
 from betavae.data import dataset_from_config
 from betavae.data.base import FactorDataset, ImageDataset
+from betavae.data.dsprites import DSprites
 from betavae.errors import BetaVAEError
 from betavae.metrics.utils import NUM_BINS, discrete_entropy
 from betavae.models.vae import VAE
@@ -107,6 +109,9 @@ def _write_report(run_dir: Path, config: TrainConfig, model: VAE | None, dataset
     ]
     if reference is not None:
         sections.append(Section("reference", "Beside a well-trained model", _reference_section(run_dir, reference)))
+    tradeoff = _tradeoff_section(run_dir, config, dataset, diagnosis)
+    if tradeoff is not None:
+        sections.append(Section("tradeoff", "The β trade-off on dSprites", tradeoff))
     if isinstance(dataset, FactorDataset) and model is not None and kl_per_dim is not None:
         sections += _factor_sections(model, dataset, kl_per_dim, config.collapse_threshold, seed, mi_images)
     document = page(f"betavae report: {run_dir.name}", _intro(config, run_dir, dataset, diagnosis), sections)
@@ -352,6 +357,94 @@ def _reference_section(run_dir: Path, name: str) -> str:
                             "(partly) shape or orientation each move in a dim of their own."))
     parts.append(f'<p class="caption">Reproduce it: <code>{esc(meta.get("command", ""))}</code></p>')
     return "".join(parts)
+
+
+def _tradeoff_section(run_dir: Path, config: TrainConfig, dataset: ImageDataset | None,
+                      diagnosis: dict[str, Any] | None) -> str | None:
+    """The shipped dSprites trade-off study: its per-weight table, its figure, the recommended β and, for a
+    run of the study's objective on dSprites, where this run's β sits. None when no study is shipped."""
+    try:
+        study = reference.study(reference.TRADEOFF_STUDY)
+    except BetaVAEError as exc:
+        return empty(f"The shipped trade-off study cannot be shown: {esc(exc)}")
+    if study is None:
+        return None
+    symbol, chosen, info = study.weight_name, study.recommended, study.info
+    header, rows, chosen_row = reference.study_table(study)
+    weights = [float(row["weight"]) for row in study.per_weight]
+    objective = study.recommendation.get("objective", "beta")
+    on_dsprites = isinstance(dataset, DSprites) or (not config.data and config.dataset == "dsprites")
+    weight = getattr(config, str(study.recommendation.get("weight_field", "beta")), None)
+    ours = float(weight) if config.objective == objective and on_dsprites and isinstance(weight, (int, float)) else None
+
+    notes = [("recommended" if w == chosen else "") for w in weights]
+    if ours is not None and ours in weights:
+        notes[weights.index(ours)] = " and ".join(filter(None, [notes[weights.index(ours)], "this run's β"]))
+    cells = [row + [note] for row, note in zip(rows, notes)]
+    marked = [i for i, w in enumerate(weights) if w == ours] or ([chosen_row] if chosen_row is not None else [])
+    if ours is not None:
+        cells.append([f"this run: {symbol} = {ours:g}", f"seed {config.seed}"] + _run_values(run_dir, diagnosis) + [""])
+    seeds = len(info.get("seeds", [])) or max((len(row.get("seeds", [])) for row in study.per_weight), default=0)
+    parts = [
+        f"<p>A sweep shipped with betavae trained {len(weights)} values of {esc(symbol)} × {seeds} seeds on dSprites and "
+        f"evaluated every run; each row is one {esc(symbol)}, mean ± standard deviation over its seeds. A larger "
+        f"{esc(symbol)} presses the code toward independent factors and costs reconstruction.</p>",
+        table(header + [""], cells, highlight=marked),
+    ]
+    if chosen is not None:
+        parts.append(f'<div class="recommendation"><h3>Recommended {esc(symbol)} = {chosen:g}</h3>'
+                     f"<p>{esc(study.recommendation.get('reason', ''))}</p></div>")
+    else:
+        parts.append(empty(f"The study recommends no {esc(symbol)}: {esc(study.recommendation.get('reason', ''))}"))
+    if ours is not None:
+        parts.append(f"<p>{esc(_where_it_sits(ours, weights, chosen, symbol))} The study's runs were trained with "
+                     f"<code>{esc(info.get('command', ''))}</code>; a run trained with other settings (steps, network, "
+                     "learning rate) sits elsewhere on the curve.</p>")
+    if study.figure is not None:
+        parts.append(figure(img_file(study.figure, f"the study's reconstruction against MIG and the FactorVAE score, "
+                                                   f"per {symbol}", "study_tradeoff", width=_fit(study.figure, 1100)),
+                            f"The study's <code>tradeoff.png</code>, drawn by <code>betavae sweep</code>: top, the "
+                            f"reconstruction NLL against each metric, one dot per run coloured by {esc(symbol)}, each "
+                            f"{esc(symbol)}'s mean with ±1 standard deviation bars, the means joined in {esc(symbol)} "
+                            f"order and the recommended {esc(symbol)} ringed; bottom, each measure against {esc(symbol)}."))
+    parts.append(f'<p class="caption">From {esc(info.get("minutes", "?"))} minutes on {esc(info.get("hardware", "?"))}, '
+                 f'{esc(info.get("date", "?"))}; the files are in <code>{esc(study.path)}</code>.</p>')
+    return "".join(parts)
+
+
+def _run_values(run_dir: Path, diagnosis: dict[str, Any] | None) -> list[Any]:
+    """This run's reconstruction NLL (the last logged value, as a sweep records it), MIG and FactorVAE score,
+    in the order of :data:`betavae.reference.STUDY_COLUMNS`; "not evaluated" where the run has none."""
+    record = _read_json(run_dir / EVALUATION_FILE)
+    values = {"reconstruction": diagnosis.get("reconstruction") if diagnosis else None}
+    for metric, entry in ((record or {}).get("metrics") or {}).items():
+        for measure, value in (entry.get("values") or {}).items() if isinstance(entry, dict) else ():
+            values[f"{metric}.{measure}"] = value
+    cells: list[Any] = []
+    for _, key in reference.STUDY_COLUMNS:
+        value = values.get(key)
+        cells.append(f"{value:.{1 if key == 'reconstruction' else 3}f}" if isinstance(value, (int, float))
+                     else "not trained yet" if key == "reconstruction" else "not evaluated")
+    return cells
+
+
+def _where_it_sits(ours: float, weights: list[float], chosen: float | None, symbol: str) -> str:
+    """Where ``ours`` falls among the study's ``weights``, and beside its recommended one, in words."""
+    if ours in weights:
+        place = f"This run's {symbol} = {ours:g} is one of the study's (its row is highlighted)"
+    elif ours < weights[0]:
+        place = f"This run's {symbol} = {ours:g} is below the smallest the study trained ({weights[0]:g})"
+    elif ours > weights[-1]:
+        place = f"This run's {symbol} = {ours:g} is above the largest the study trained ({weights[-1]:g})"
+    else:
+        below = max(w for w in weights if w < ours)
+        above = min(w for w in weights if w > ours)
+        place = f"This run's {symbol} = {ours:g} lies between the study's {symbol} = {below:g} and {symbol} = {above:g}"
+    if chosen is None:
+        return place + "."
+    relation = "the recommended one" if ours == chosen else (
+        f"{'below' if ours < chosen else 'above'} the recommended {symbol} = {chosen:g}")
+    return f"{place}, {relation}."
 
 
 def _factor_sections(model: VAE, dataset: FactorDataset, kl_per_dim: list[float], threshold: float, seed: int,

@@ -1,5 +1,5 @@
 """What a finished sweep leaves in SWEEP/: summary.csv and summary.json (one row per trial, and per
-weight the mean and spread over seeds), tradeoff.png, and recommendation.json."""
+weight the mean and spread over seeds of every measure), tradeoff.png, and recommendation.json."""
 
 from __future__ import annotations
 
@@ -12,10 +12,18 @@ from typing import Any
 import numpy as np
 
 from betavae.files import atomic_output, write_atomic, write_json_atomic
-from betavae.sweep.recommend import aggregate
+from betavae.sweep.recommend import LOWER_IS_BETTER, aggregate, metric_names
 from betavae.sweep.spec import SweepSpec
 from betavae.sweep.trial import decode_array
 from betavae.sweep.udr import udr_scores
+
+
+#: Metric values the trade-off figure plots beside the ranking metric whenever the trials carry them.
+HEADLINE_METRICS = ("mig.mig", "factor_vae_score.eval_accuracy")
+#: How the figure names some metric values (any other shows as its key, e.g. ``dci.disentanglement``).
+METRIC_LABELS = {"mig.mig": "MIG", "factor_vae_score.eval_accuracy": "FactorVAE score",
+                 "beta_vae_score.eval_accuracy": "BetaVAE score", "dci.disentanglement": "DCI disentanglement",
+                 "sap.sap": "SAP", "udr": "UDR"}
 
 
 def add_udr(trials: list[dict[str, Any]], spec: SweepSpec) -> None:
@@ -40,14 +48,14 @@ def _number(value: Any) -> Any:
 
 def trial_rows(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Flat rows for summary.csv: weight, seed, state, terms, every metric (sorted), error."""
-    metric_names = sorted({k for t in trials for k in t.get("metrics", {})})
+    names = metric_names(trials)
     rows = []
     for t in trials:
         row = {"weight": t["weight"], "seed": t["seed"], "state": t["state"], "trial": t.get("trial"),
                "reconstruction_nll": t.get("reconstruction"), "kl": t.get("kl"), "active_dims": t.get("active_dims"),
                "kl_per_dim": " ".join(f"{v:.4g}" for v in t.get("kl_per_dim", [])), "run_dir": t.get("run_dir", ""),
                "seconds": t.get("seconds")}
-        for name in metric_names:
+        for name in names:
             row[name] = t.get("metrics", {}).get(name)
         row["error"] = t.get("error", "")
         rows.append(row)
@@ -55,6 +63,9 @@ def trial_rows(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_summary(out: Path, trials: list[dict[str, Any]], metric: str) -> None:
+    """``out/summary.csv`` (:func:`trial_rows`) and ``out/summary.json``: ``metric`` (the ranking metric),
+    ``trials`` (every record, without its UDR codes; non-finite values as null) and ``per_weight``
+    (:func:`betavae.sweep.recommend.aggregate`: per weight, the spread over seeds of every measure)."""
     rows = trial_rows(trials)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["weight"])
@@ -77,49 +88,109 @@ def _json_safe(value: Any) -> Any:
     return _number(value)
 
 
-def plot_tradeoff(path: Path, trials: list[dict[str, Any]], metric: str, weight_symbol: str) -> None:
-    """Left: reconstruction NLL against ``metric``, a point per trial coloured by weight, per-weight means
-    joined. Middle, right: metric and reconstruction against weight, seeds as dots, mean ± std as bars."""
+def headline_metrics(trials: list[dict[str, Any]], metric: str) -> list[str]:
+    """What the trade-off figure plots against reconstruction: the ranking ``metric`` first, then each of
+    :data:`HEADLINE_METRICS` that some completed trial has a finite value of."""
+    carried = {name for t in trials if t["state"] == "COMPLETE"
+               for name, v in (t.get("metrics") or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    return [metric] + [name for name in HEADLINE_METRICS if name != metric and name in carried]
+
+
+def metric_label(name: str) -> str:
+    """A metric value's name as an axis shows it: ``MIG``, ``FactorVAE score``, or the key itself."""
+    return METRIC_LABELS.get(name, name)
+
+
+def plot_tradeoff(path: Path, trials: list[dict[str, Any]], metric: str, weight_symbol: str,
+                  recommended: float | None = None) -> None:
+    """Write the sweep's trade-off figure to ``path``.
+
+    Top row, one panel per metric of :func:`headline_metrics`: reconstruction NLL against that metric,
+    a dot per completed trial coloured by its weight, each weight's mean with ±1 std bars on both axes,
+    the means joined in weight order, and the ``recommended`` weight's mean ringed and labelled. Bottom
+    row: each of those metrics, and the reconstruction, against the weight (seeds as dots, mean ± std
+    as bars, the recommended weight dashed).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     done = [t for t in trials if t["state"] == "COMPLETE"]
-    weights = sorted({t["weight"] for t in trials})
+    weights = sorted({float(t["weight"]) for t in trials})
     cmap = plt.get_cmap("viridis")
-    colour = {w: cmap(i / max(len(weights) - 1, 1)) for i, w in enumerate(weights)}
+    colour = {w: cmap(0.9 * i / max(len(weights) - 1, 1)) for i, w in enumerate(weights)}  # 0.9: no pale yellow
     rows = aggregate(trials, metric)
+    metrics = headline_metrics(trials, metric)
+    chosen = None if recommended is None else float(recommended)
 
-    def value(t: dict[str, Any]) -> float:
-        v = t.get("metrics", {}).get(metric)
-        return math.nan if v is None else float(v)
+    def value(t: dict[str, Any], name: str) -> float:
+        if name == "reconstruction":
+            v = t.get("reconstruction")
+        else:
+            v = (t.get("metrics") or {}).get(name)
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.nan
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    ax = axes[0]
-    for w in weights:
-        pts = [(value(t), t["reconstruction"]) for t in done if t["weight"] == w]
-        if pts:
-            ax.scatter(*zip(*pts), color=colour[w], label=f"{weight_symbol} = {w:g}", s=30)
-    means = [(r["metric"]["mean"], r["reconstruction"]["mean"]) for r in rows if r["metric"]["n"]]
-    if means:
-        ax.plot(*zip(*means), color="0.4", lw=1, marker="D", ms=5, zorder=0, label="mean per weight")
-    ax.set_xlabel(metric)
-    ax.set_ylabel("reconstruction NLL (nats per image)")
-    ax.set_title("trade-off: reconstruction against\ndisentanglement", fontsize=10)
-    ax.legend(fontsize=8)
-    for ax, key, label in ((axes[1], "metric", metric), (axes[2], "reconstruction", "reconstruction NLL")):
+    def stats(row: dict[str, Any], name: str) -> dict[str, Any]:
+        return row["reconstruction"] if name == "reconstruction" else row["metrics"].get(name, row["metric"])
+
+    ncols = len(metrics) + 1
+    fig, axes = plt.subplots(2, ncols, figsize=(4.8 * ncols, 9.0), squeeze=False)
+    for ax, name in zip(axes[0], metrics):
+        label = metric_label(name)
+        for w in weights:
+            points = [(value(t, name), value(t, "reconstruction")) for t in done if float(t["weight"]) == w]
+            if points:
+                ax.scatter(*zip(*points), color=colour[w], s=26, alpha=0.75, zorder=2)
+        means = [(r["weight"], stats(r, name), r["reconstruction"]) for r in rows
+                 if stats(r, name)["n"] and r["reconstruction"]["n"]]
+        if means:
+            ax.plot([m["mean"] for _, m, _ in means], [rc["mean"] for _, _, rc in means], color="0.45", lw=1, zorder=1)
+        for w, m, rc in means:
+            ax.errorbar(m["mean"], rc["mean"], xerr=m["std"], yerr=rc["std"], fmt="D", ms=7, color=colour[w], mec="k",
+                        mew=0.8, ecolor=colour[w], elinewidth=1.4, capsize=3, zorder=3)
+            ax.annotate(f"{w:g}", (m["mean"], rc["mean"]), xytext=(6, -11), textcoords="offset points", fontsize=8,
+                        color="0.25")
+            if chosen is not None and w == chosen:
+                ax.scatter([m["mean"]], [rc["mean"]], s=380, facecolors="none", edgecolors="crimson", linewidths=2,
+                           zorder=4)
+                ax.annotate(f"recommended {weight_symbol} = {w:g}", (m["mean"], rc["mean"]), xytext=(12, 12),
+                            textcoords="offset points", fontsize=9, color="crimson", fontweight="bold")
+        better = "←" if name in LOWER_IS_BETTER else "→"
+        ax.set_xlabel(f"{label} ({better} more disentangled)")
+        ax.set_ylabel("reconstruction NLL, nats per image (↓ better)")
+        ax.set_title(f"reconstruction against {label}", fontsize=10)
+        ax.grid(alpha=0.3)
+    legend = axes[0, -1]
+    legend.axis("off")
+    handles = [Line2D([], [], ls="", marker="o", color=colour[w], label=f"{weight_symbol} = {w:g}") for w in weights]
+    handles += [Line2D([], [], ls="", marker="D", color="0.6", mec="k", label="mean over seeds, ±1 std bars"),
+                Line2D([], [], color="0.45", lw=1, label=f"means joined in {weight_symbol} order")]
+    if chosen is not None:
+        handles.append(Line2D([], [], ls="", marker="o", ms=14, mfc="none", mec="crimson", mew=2,
+                              label=f"recommended {weight_symbol} = {chosen:g}"))
+    legend.legend(handles=handles, loc="center", fontsize=9, frameon=False,
+                  title=f"one dot per trial (seed),\ncoloured by {weight_symbol}")
+
+    for ax, name in zip(axes[1], metrics + ["reconstruction"]):
+        label = "reconstruction NLL" if name == "reconstruction" else metric_label(name)
         for t in done:
-            y = value(t) if key == "metric" else t["reconstruction"]
-            ax.scatter(t["weight"], y, color=colour[t["weight"]], s=18, alpha=0.7)
-        xs = [r["weight"] for r in rows if r[key]["n"]]
-        ax.errorbar(xs, [r[key]["mean"] for r in rows if r[key]["n"]], yerr=[r[key]["std"] for r in rows if r[key]["n"]],
+            ax.scatter(t["weight"], value(t, name), color=colour[float(t["weight"])], s=18, alpha=0.7)
+        shown = [r for r in rows if stats(r, name)["n"]]
+        xs = [r["weight"] for r in shown]
+        ax.errorbar(xs, [stats(r, name)["mean"] for r in shown], yerr=[stats(r, name)["std"] for r in shown],
                     color="k", marker="D", ms=4, capsize=4, lw=1)
+        if chosen is not None:
+            ax.axvline(chosen, color="crimson", ls="--", lw=1, alpha=0.8)
         if xs and min(xs) > 0 and max(xs) / min(xs) >= 8:
             ax.set_xscale("log")
+            ax.set_xticks(xs, [f"{w:g}" for w in xs])
+            ax.minorticks_off()
         ax.set_xlabel(weight_symbol)
         ax.set_ylabel(label)
         ax.set_title(f"{label} against {weight_symbol}\n(mean ± std over seeds)", fontsize=10)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=100)

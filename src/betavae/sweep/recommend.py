@@ -33,9 +33,17 @@ def _stats(values: Iterable[Any]) -> dict[str, float]:
             "min": float(finite.min()), "max": float(finite.max()), "n": int(len(finite))}
 
 
+def metric_names(trials: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Every metric value (``mig.mig``, ``factor_vae_score.eval_accuracy``, ``udr``, ...) any trial carries, sorted."""
+    return sorted({name for t in trials for name in (t.get("metrics") or {})})
+
+
 def aggregate(trials: list[Mapping[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """One row per weight (ascending): mean, std, min, max and count over seeds of reconstruction,
-    KL, active dims and ``metric``; trials that did not complete count in ``failed``."""
+    """One row per weight (ascending): mean, std, min, max and count (``n``) over seeds of
+    reconstruction, KL, active dims and ``metric`` (the ranking metric, under ``metric``), and of every
+    metric value the trials carry (under ``metrics``, by name); trials that did not complete count in
+    ``failed``. ``std`` is the sample standard deviation (0 for one seed)."""
+    names = metric_names(trials)
     rows = []
     for weight in sorted({float(t["weight"]) for t in trials}):
         group = [t for t in trials if float(t["weight"]) == weight]
@@ -48,7 +56,8 @@ def aggregate(trials: list[Mapping[str, Any]], metric: str) -> list[dict[str, An
             "reconstruction": _stats(t.get("reconstruction") for t in done),
             "kl": _stats(t.get("kl") for t in done),
             "active_dims": _stats(t.get("active_dims") for t in done),
-            "metric": _stats(t.get("metrics", {}).get(metric, math.nan) for t in done),
+            "metric": _stats((t.get("metrics") or {}).get(metric, math.nan) for t in done),
+            "metrics": {name: _stats((t.get("metrics") or {}).get(name) for t in done) for name in names},
         })
     return rows
 

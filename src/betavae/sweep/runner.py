@@ -102,8 +102,8 @@ def summarize(spec: SweepSpec, study: Any, stream: TextIO | None = None) -> dict
     add_udr(trials, spec)
     metric = metric_key(spec.metric or "udr")
     write_summary(out, trials, metric)
-    plot_tradeoff(out / "tradeoff.png", trials, metric, spec.weight_symbol)
     result = recommend(trials, metric, spec.tolerance, spec.weight_symbol)
+    plot_tradeoff(out / "tradeoff.png", trials, metric, spec.weight_symbol, result["weight"])
     missing = [t["name"] for t in trials if t["state"] == "MISSING"]
     if missing:
         result["reason"] += f" Not finished yet: {', '.join(missing)} (run the same command to finish them)."

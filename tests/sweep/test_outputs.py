@@ -1,0 +1,95 @@
+"""The sweep's outputs on hand-made trials: per-weight spreads of every metric, and the trade-off figure."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from betavae.sweep.outputs import headline_metrics, plot_tradeoff, write_summary
+from betavae.sweep.recommend import aggregate
+
+MIG, FACTOR = "mig.mig", "factor_vae_score.eval_accuracy"
+
+
+def trial(weight, seed, recon, metrics, state="COMPLETE"):
+    return {"weight": weight, "seed": seed, "state": state, "reconstruction": recon, "kl": 10.0 / weight,
+            "active_dims": 4, "kl_per_dim": [1.0, 0.0], "metrics": metrics}
+
+
+def study_trials():
+    """β 1 and 4, three seeds each, with values whose means and standard deviations are known."""
+    return [
+        trial(1, 0, 30.0, {MIG: 0.1, FACTOR: 0.5, "udr": 0.2}),
+        trial(1, 1, 32.0, {MIG: 0.2, FACTOR: 0.6, "udr": 0.2}),
+        trial(1, 2, 34.0, {MIG: 0.3, FACTOR: 0.7, "udr": 0.2}),
+        trial(4, 0, 40.0, {MIG: 0.4, FACTOR: 0.8, "udr": 0.5}),
+        trial(4, 1, 44.0, {MIG: math.nan, FACTOR: 0.9, "udr": 0.5}),  # an undefined MIG is left out
+        trial(4, 2, None, {}, state="FAIL"),  # a failed trial counts only as failed
+    ]
+
+
+def test_per_weight_spread_of_every_metric_value():
+    rows = {r["weight"]: r for r in aggregate(study_trials(), MIG)}
+    low, high = rows[1.0], rows[4.0]
+    assert set(low["metrics"]) == {MIG, FACTOR, "udr"}
+    assert low["metrics"][MIG] == pytest.approx({"mean": 0.2, "std": 0.1, "min": 0.1, "max": 0.3, "n": 3})
+    assert low["metrics"][FACTOR] == pytest.approx({"mean": 0.6, "std": 0.1, "min": 0.5, "max": 0.7, "n": 3})
+    assert low["reconstruction"] == pytest.approx({"mean": 32.0, "std": 2.0, "min": 30.0, "max": 34.0, "n": 3})
+    # β = 4: two completed seeds, one of them without a finite MIG; the failed seed is in no mean
+    assert (high["completed"], high["failed"], high["seeds"]) == (2, 1, [0, 1, 2])
+    assert high["metrics"][MIG] == {"mean": 0.4, "std": 0.0, "min": 0.4, "max": 0.4, "n": 1}
+    assert high["metrics"][FACTOR]["mean"] == pytest.approx(0.85)
+    assert high["metrics"][FACTOR]["std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    assert high["reconstruction"]["mean"] == pytest.approx(42.0)
+    # the ranking metric keeps its own key, as before
+    assert low["metric"] == low["metrics"][MIG] and high["metric"] == high["metrics"][MIG]
+
+
+def test_summary_json_carries_every_metric_per_weight(tmp_path):
+    write_summary(tmp_path, study_trials(), FACTOR)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["metric"] == FACTOR and len(summary["trials"]) == 6
+    low, high = summary["per_weight"]
+    for key in ("weight", "seeds", "completed", "failed", "reconstruction", "kl", "active_dims", "metric", "metrics"):
+        assert key in low
+    assert low["metric"]["mean"] == pytest.approx(0.6)  # the ranking metric is FactorVAE here
+    assert low["metrics"][MIG]["mean"] == pytest.approx(0.2) and low["metrics"]["udr"]["n"] == 3
+    assert high["metrics"][MIG]["n"] == 1
+    assert next(t for t in summary["trials"] if t["seed"] == 1 and t["weight"] == 4)["metrics"][MIG] is None
+    header = (tmp_path / "summary.csv").read_text().splitlines()[0].split(",")
+    assert {MIG, FACTOR, "udr"} <= set(header)
+
+
+def test_headline_metrics_put_the_ranking_metric_first_and_keep_only_those_measured():
+    trials = study_trials()
+    assert headline_metrics(trials, MIG) == [MIG, FACTOR]
+    assert headline_metrics(trials, "udr") == ["udr", MIG, FACTOR]
+    assert headline_metrics(trials, FACTOR) == [FACTOR, MIG]
+    only_mig = [dict(t, metrics={MIG: t["metrics"].get(MIG)}) for t in trials]
+    assert headline_metrics(only_mig, MIG) == [MIG]
+
+
+def _crimson_pixels(path) -> int:
+    """Pixels of the colour that marks the recommended weight (matplotlib's crimson, 220, 20, 60)."""
+    pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return int((np.abs(pixels - [220, 20, 60]).sum(axis=-1) < 40).sum())
+
+
+def test_tradeoff_figure_has_a_panel_column_per_headline_metric_and_marks_the_recommendation(tmp_path):
+    both = tmp_path / "both.png"
+    plot_tradeoff(both, study_trials(), MIG, "β", recommended=1.0)
+    assert both.stat().st_size > 20_000
+    one = tmp_path / "one.png"
+    only_mig = [dict(t, metrics={MIG: t["metrics"].get(MIG)}) for t in study_trials()]
+    plot_tradeoff(one, only_mig, MIG, "β", recommended=1.0)
+    with Image.open(both) as wide, Image.open(one) as narrow:
+        # MIG and FactorVAE panels plus the legend / reconstruction column, against MIG's and that column
+        assert wide.height == narrow.height and wide.width == pytest.approx(narrow.width * 3 / 2, abs=2)
+    assert _crimson_pixels(both) > 200  # the ring, its label and the dashed line at the recommended β
+    unmarked = tmp_path / "unmarked.png"
+    plot_tradeoff(unmarked, study_trials(), MIG, "β", recommended=None)
+    assert _crimson_pixels(unmarked) == 0
