@@ -136,8 +136,9 @@ def test_unknown_dataset_and_unsupported_image_size(tmp_path, capsys):
 def test_demo_never_overwrites_an_earlier_demo(tmp_path, monkeypatch, capsys):
     from betavae import cli
 
-    calls = []
-    monkeypatch.setattr("betavae.training.train", lambda config: calls.append(config.out) or tmp_path)
+    calls, configs = [], []
+    monkeypatch.setattr("betavae.training.train",
+                        lambda config: calls.append(config.out) or configs.append(config) or tmp_path)
     record = {"metrics": {"mig": {"values": {"mig": 0.1}}}}
     monkeypatch.setattr("betavae.metrics.evaluate_run", lambda run, metrics, seed: record)
     references = []
@@ -147,6 +148,10 @@ def test_demo_never_overwrites_an_earlier_demo(tmp_path, monkeypatch, capsys):
     (tmp_path / "demo-2").mkdir()
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--steps", "5"]) == 0
     assert calls == [str(tmp_path / "demo-3")]
+    # the seed's own objective, a β-VAE with β > 1, by the named recipe
+    (config,) = configs
+    assert (config.recipe, config.objective, config.steps) == ("fast-beta", "beta", 5)
+    assert config.beta > 1 and config.width == 16 and config.decoder_init == "data"
     # the report and the summary show the shipped reference model beside the demo's
     from betavae import reference
 
