@@ -28,6 +28,7 @@ import torch
 from betavae import reference
 from betavae.cli import main as betavae_main
 from betavae.errors import BetaVAEError
+from betavae.sweep.spec import default_workers_threads
 
 
 def describe_hardware(sweep_args: list[str]) -> str:
@@ -38,7 +39,10 @@ def describe_hardware(sweep_args: list[str]) -> str:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    words = f"{cpu}, {os.cpu_count()} cores (torch on {torch.get_num_threads()} threads)"
+    workers = int(sweep_args[sweep_args.index("--workers") + 1]) if "--workers" in sweep_args[:-1] else 1
+    threads = default_workers_threads(workers) if workers > 1 else torch.get_num_threads()
+    words = (f"{cpu}, {os.cpu_count()} cores ({workers} sweep worker{'s' if workers > 1 else ''}, torch on {threads} "
+             f"thread{'s' if threads > 1 else ''}{' each' if workers > 1 else ''})")
     device = sweep_args[sweep_args.index("--device") + 1] if "--device" in sweep_args[:-1] else "auto"
     if device != "cpu" and torch.cuda.is_available():
         words = f"{torch.cuda.get_device_name(0)}; {words}"
