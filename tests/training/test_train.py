@@ -52,9 +52,10 @@ def test_same_seed_same_model_and_load(small_npy, tmp_path):
     assert mu.shape == (2, 4)
 
 
-def test_resume_continues_to_the_same_result(small_npy, tmp_path):
-    straight = betavae.train(_config(small_npy, tmp_path / "straight"))
-    part = betavae.train(_config(small_npy, tmp_path / "part", steps=20))
+@pytest.mark.parametrize("decoder_init", ["default", "data"])
+def test_resume_continues_to_the_same_result(small_npy, tmp_path, decoder_init):
+    straight = betavae.train(_config(small_npy, tmp_path / "straight", decoder_init=decoder_init))
+    part = betavae.train(_config(small_npy, tmp_path / "part", steps=20, decoder_init=decoder_init))
     betavae.resume(part, steps=40)
     ta, tb = load_file(straight / "model.safetensors"), load_file(part / "model.safetensors")
     assert all(torch.equal(ta[k], tb[k]) for k in ta)

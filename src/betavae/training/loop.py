@@ -248,7 +248,8 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     with torch.random.fork_rng(devices=[]):  # seeded weight init without touching global RNG state
         torch.manual_seed(config.seed)
         model = model_from_spec(model_spec(config.arch, config.latents, dataset.image_shape, config.width))
-    initialise(model, config, dataset)
+    if checkpoint is None:  # a resumed run's weights come from its checkpoint
+        initialise(model, config, dataset)
     channels_last = is_convolutional(config.arch)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     objective = build_objective(config, len(dataset)).to(device)
