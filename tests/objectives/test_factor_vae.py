@@ -155,3 +155,21 @@ def test_auxiliary_state_round_trip_continues_identically(tmp_path):
         logs_b = b.update_auxiliary(_codes(z), torch.empty(0), i)
         assert torch.equal(logs_a["discriminator_loss"], logs_b["discriminator_loss"])
     assert _same(a.discriminator.parameters(), _snapshot(b.discriminator))
+
+
+def test_config_sets_the_discriminators_size_and_refuses_a_bad_one():
+    from betavae.errors import ConfigError
+    from betavae.objectives import build_objective
+    from betavae.training.config import TrainConfig
+
+    objective = build_objective(TrainConfig(objective="factor", discriminator_width=32, discriminator_layers=2), 1000)
+    linears = [m for m in objective.discriminator.net if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(10, 32), (32, 32), (32, 2)]
+    paper = build_objective(TrainConfig(objective="factor"), 1000)  # the defaults are Kim & Mnih's
+    assert len([m for m in paper.discriminator.net if isinstance(m, nn.Linear)]) == 7
+    assert paper.discriminator.net[0].out_features == 1000
+    for field, value, problem in (("discriminator_width", 0, "a whole number >= 1"),
+                                  ("discriminator_layers", -1, "a whole number >= 1"),
+                                  ("discriminator_layers", 1.5, "of type int")):
+        with pytest.raises(ConfigError, match=f"{field} must be {problem}"):
+            TrainConfig(objective="factor", **{field: value}).validate()

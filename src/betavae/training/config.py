@@ -79,6 +79,8 @@ class TrainConfig:
     capacity_steps: int = _opt(100000, "capacity: steps over which the target C grows linearly from 0 to C_max")
     factor_gamma: float = _opt(35.0, "factor: weight γ of the discriminator's total-correlation estimate")
     discriminator_lr: float = _opt(1e-4, "factor: Adam learning rate of the discriminator (betas 0.5, 0.9)")
+    discriminator_width: int = _opt(1000, "factor: hidden units of each discriminator layer (Kim & Mnih 2018: 1000)")
+    discriminator_layers: int = _opt(6, "factor: hidden layers of the discriminator (Kim & Mnih 2018: 6)")
     tc_alpha: float = _opt(1.0, "tc: weight α of the mutual information between x and z")
     tc_gamma: float = _opt(1.0, "tc: weight γ of the dimension-wise KL")
     estimator: str = _opt("mss", "tc: estimator of log q(z): mss (minibatch stratified sampling) or mws (minibatch "
@@ -142,7 +144,8 @@ class TrainConfig:
                 raise ConfigError(f"unknown {f.name} '{value}'; choose one of: {', '.join(choices)}.")
         _validate_data(self)
         _positive_int(self, "latents", "steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
-                      "beta_warmup_steps", "beta_cycles", "capacity_steps")
+                      "beta_warmup_steps", "beta_cycles", "capacity_steps", "discriminator_width",
+                      "discriminator_layers")
         if self.skip_nonfinite < 0:
             raise ConfigError(f"skip_nonfinite must be a whole number >= 0, got {self.skip_nonfinite}.")
         for name in ("beta", "collapse_threshold", "capacity_gamma", "capacity_max", "factor_gamma", "tc_alpha",
