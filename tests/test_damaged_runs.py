@@ -429,3 +429,19 @@ def test_a_damaged_diagnosis_names_the_file_in_traverse(pristine, capsys):
         _apply(root, "diagnosis.json", "truncated", b'{"kl_per_dim": [1, 2')
         code, output = _run(COMMANDS["traverse"](str(root / "run")), capsys)
         assert code == 2 and f"{root / 'run' / 'diagnosis.json'} is damaged" in output, output
+
+
+@pytest.mark.parametrize("episodes", [[10**300], "none", [{"start": "x", "end": 2}]])
+def test_a_diagnosis_with_damaged_episodes_is_reported_not_drawn(pristine, capsys, episodes):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        shutil.copytree(pristine / "run", root / "run")
+        run = root / "run"
+        diagnosis = json.loads((run / "diagnosis.json").read_text())
+        _apply(root, "diagnosis.json", "episodes replaced", json.dumps({**diagnosis, "episodes": episodes}).encode())
+        shutil.rmtree(run / "figures", ignore_errors=True)  # so the report would draw them
+        code, output = _run(COMMANDS["report"](str(run)), capsys)
+        assert code == 0, output
+        assert "diagnosis.json is damaged" in (run / "report.html").read_text()
+        code, output = _run(COMMANDS["traverse"](str(run)), capsys)
+        assert code == 2 and f"{run / 'diagnosis.json'} is damaged" in output, output

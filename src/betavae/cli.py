@@ -187,21 +187,15 @@ def cmd_traverse(args: argparse.Namespace) -> int:
 
 def _read_diagnosis(path: Path, latents: int) -> dict:
     """``diagnosis.json`` with what the figures draw from it, or a :class:`BetaVAEError` naming the file."""
-
-    def is_number(v: object) -> bool:
-        return isinstance(v, numbers.Real) and not isinstance(v, bool)
+    from betavae.report.figures import diagnosis_problem
 
     try:
         diagnosis = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        diagnosis, problem = None, f"it is not readable JSON ({exc})"
+        problem: str | None = f"it is not readable JSON ({exc})"
     else:
-        problem = "it does not hold the diagnosis of this run (kl_per_dim, collapse_threshold, episodes)"
-    if isinstance(diagnosis, dict) and isinstance(diagnosis.get("kl_per_dim"), list) \
-            and len(diagnosis["kl_per_dim"]) == latents and all(map(is_number, diagnosis["kl_per_dim"])) \
-            and is_number(diagnosis.get("collapse_threshold")) and isinstance(diagnosis.get("episodes", []), list) \
-            and all(isinstance(e, dict) and is_number(e.get("start")) and is_number(e.get("end"))
-                    for e in diagnosis.get("episodes", [])):
+        problem = diagnosis_problem(diagnosis, latents)
+    if problem is None:
         return diagnosis
     raise BetaVAEError(f"{path} is damaged: {problem}. Resume the run to write it again "
                        f"('betavae train --resume {path.parent} --steps N' with N beyond its last step).")

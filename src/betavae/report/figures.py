@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +124,22 @@ def plot_traversals(model: VAE, image: np.ndarray, kl_per_dim: list[float], coll
         frames.append(canvas)
     with atomic_output(gif_path) as tmp:
         frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=120, loop=0)
+
+
+def diagnosis_problem(diagnosis: Any, latents: int) -> str | None:
+    """Why ``diagnosis`` (a parsed ``diagnosis.json``) cannot be drawn from for a model of ``latents`` dims;
+    None if it can (``kl_per_dim``, ``collapse_threshold`` and ``episodes`` as the training loop writes them)."""
+
+    def is_number(v: object) -> bool:
+        return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+    episodes = diagnosis.get("episodes", []) if isinstance(diagnosis, dict) else None
+    if isinstance(diagnosis, dict) and isinstance(diagnosis.get("kl_per_dim"), list) \
+            and len(diagnosis["kl_per_dim"]) == latents and all(map(is_number, diagnosis["kl_per_dim"])) \
+            and is_number(diagnosis.get("collapse_threshold")) and isinstance(episodes, list) \
+            and all(isinstance(e, dict) and is_number(e.get("start")) and is_number(e.get("end")) for e in episodes):
+        return None
+    return "it does not hold the diagnosis of this run (kl_per_dim, collapse_threshold, episodes)"
 
 
 #: How the curves mark the run's episodes (``diagnosis.json``'s ``episodes``): a shaded span each.

@@ -29,7 +29,7 @@ from betavae.models.vae import VAE
 from betavae.objectives import OBJECTIVES
 from betavae.report import charts
 from betavae.report.analysis import MI_IMAGES, mean_code_by_factor, mutual_information_matrix, sample_codes
-from betavae.report.figures import make_figures, plot_training_curves
+from betavae.report.figures import diagnosis_problem, make_figures, plot_training_curves
 from betavae.report.html import Section, empty, esc, figure, fmt_number, img, img_file, page, table, write_page
 from betavae.training import load, rundir
 from betavae.training.config import TrainConfig
@@ -83,7 +83,11 @@ def _write_report(run_dir: Path, config: TrainConfig, model: VAE | None, dataset
     figures_dir = run_dir / FIGURES_DIR
     if (model is not None and dataset is not None and history and diagnosis
             and not all((figures_dir / name).is_file() for name in FIGURE_FILES)):
-        make_figures(run_dir, model, dataset, history, diagnosis, seed=seed)
+        damaged = diagnosis_problem(diagnosis, model.latents)
+        if damaged is None:
+            make_figures(run_dir, model, dataset, history, diagnosis, seed=seed)
+        else:
+            problems.append(f"{DIAGNOSIS_FILE} is damaged ({damaged}); resume the run to write it again")
     kl_per_dim = diagnosis["kl_per_dim"] if diagnosis else (history[-1]["kl_per_dim"] if history else None)
     why_missing = "; ".join(problems) or (
         "the run has no figures yet: finish or resume it (<code>betavae train --resume RUN</code>), "
@@ -190,13 +194,21 @@ def run_episodes_of(diagnosis: dict[str, Any], history: list[dict[str, Any]]) ->
     """The run's episodes (KL collapse, KL high, dims collapsed), replayed from its logged records with the
     diagnosis's settings, so a run diagnosed before episodes were recorded gets them too; None if unknown."""
     if not history:
-        return diagnosis.get("episodes")
+        return _recorded_episodes(diagnosis)
     try:
         size = int(diagnosis.get("dataset_size") or round(math.exp(diagnosis["kl_ceiling_log_n"])))
         return run_episodes(history, diagnosis.get("weight", ""), diagnosis["collapse_threshold"],
                             diagnosis["baseline_reconstruction"], size)
     except (KeyError, TypeError, ValueError, OverflowError):
-        return diagnosis.get("episodes")
+        return _recorded_episodes(diagnosis)
+
+
+def _recorded_episodes(diagnosis: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The episodes ``diagnosis.json`` lists, or None where it lists none that can be shown (a damaged file)."""
+    episodes = diagnosis.get("episodes")
+    if isinstance(episodes, list) and all(isinstance(e, dict) for e in episodes):
+        return episodes
+    return None
 
 
 def _diagnosis_section(diagnosis: dict[str, Any] | None, history: list[dict[str, Any]]) -> str:
