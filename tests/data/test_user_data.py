@@ -233,3 +233,18 @@ def test_train_end_to_end_on_a_labelled_folder(tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["image_size"] == 32 and config["factors"] == str(csv)
     assert "9 images (3, 32, 32)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", [(b"(2, 4, 4)", b"(2, 4, 4,"), (b"}", b"}}"), (b"'descr'", b"'descr' 'x'")])
+def test_a_damaged_npy_header_is_a_data_error_naming_the_file(tmp_path, damage):
+    import io
+
+    from betavae.data.arrays import load_array_file, memmap_npy
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((2, 4, 4), np.float32))
+    path = tmp_path / "images.npy"
+    path.write_bytes(buffer.getvalue().replace(*damage, 1))  # numpy's own header parser fails on each
+    for read in (load_array_file, memmap_npy, lambda p: load_dataset(path=p)):
+        with pytest.raises(DataError, match="images.npy.*(truncated or corrupt)"):
+            read(path)

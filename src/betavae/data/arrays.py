@@ -16,6 +16,7 @@ import hashlib
 import shutil
 import struct
 import sys
+import tokenize
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -27,6 +28,9 @@ from betavae.data.base import ImageDataset, ImageStore
 from betavae.data.cache import cache_dir
 from betavae.errors import DataError
 from betavae.files import write_atomic
+
+# What numpy raises on a damaged .npy header: its parser tokenizes and evaluates the header's text.
+_HEADER_ERRORS = (ValueError, SyntaxError, tokenize.TokenError, struct.error)
 
 
 class ArrayDataset(ImageDataset):
@@ -111,7 +115,7 @@ def load_array_file(path: Path) -> np.ndarray:
     except MemoryError as exc:  # a header claiming more than memory holds (a damaged file claims petabytes)
         raise DataError(f"{path} claims an array too large for this machine's memory ({exc}); the file may be "
                         "damaged. Check its shape with numpy.load(path, mmap_mode='r').shape.") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, *_HEADER_ERRORS) as exc:
         raise pickle_error(path, exc) from exc
 
 
@@ -125,7 +129,7 @@ def _npy_header(f, path: Path) -> tuple[tuple[int, ...], bool, np.dtype]:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
             raise DataError(f"{path}: .npy format version {version} is not supported; save with numpy's default np.save/np.savez.")
-    except ValueError as exc:
+    except _HEADER_ERRORS as exc:
         raise DataError(f"{path}: not a valid .npy array ({exc}); the file may be truncated or corrupt.") from exc
     if dtype.hasobject:
         raise DataError(f"{path} holds pickled Python objects, which betavae never loads (they can run code); save plain numeric arrays.")
