@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import numbers
 import sys
 import time
 from dataclasses import fields

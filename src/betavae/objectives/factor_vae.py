@@ -94,7 +94,8 @@ class FactorVAE(Objective):
     @classmethod
     def from_config(cls, config, dataset_size: int) -> "FactorVAE":
         return cls(config.latents, config.factor_gamma, config.discriminator_lr, config.seed,
-                   config.discriminator_width, config.discriminator_layers, likelihood=config.likelihood, likelihood_scale=config.likelihood_scale)
+                   config.discriminator_width, config.discriminator_layers, likelihood=config.likelihood,
+                   likelihood_scale=config.likelihood_scale)
 
     def weight_label(self) -> str:
         return f"γ = {self.gamma:g}"
