@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numbers
-
 from pathlib import Path
 from typing import Any
 
@@ -126,18 +125,22 @@ def plot_traversals(model: VAE, image: np.ndarray, kl_per_dim: list[float], coll
         frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=120, loop=0)
 
 
+def _is_number(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def drawable_episodes(episodes: Any) -> bool:
+    """Whether ``episodes`` (``diagnosis.json``'s list) can be drawn: objects with numeric start and end."""
+    return isinstance(episodes, list) and all(
+        isinstance(e, dict) and _is_number(e.get("start")) and _is_number(e.get("end")) for e in episodes)
+
+
 def diagnosis_problem(diagnosis: Any, latents: int) -> str | None:
     """Why ``diagnosis`` (a parsed ``diagnosis.json``) cannot be drawn from for a model of ``latents`` dims;
     None if it can (``kl_per_dim``, ``collapse_threshold`` and ``episodes`` as the training loop writes them)."""
-
-    def is_number(v: object) -> bool:
-        return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-    episodes = diagnosis.get("episodes", []) if isinstance(diagnosis, dict) else None
     if isinstance(diagnosis, dict) and isinstance(diagnosis.get("kl_per_dim"), list) \
-            and len(diagnosis["kl_per_dim"]) == latents and all(map(is_number, diagnosis["kl_per_dim"])) \
-            and is_number(diagnosis.get("collapse_threshold")) and isinstance(episodes, list) \
-            and all(isinstance(e, dict) and is_number(e.get("start")) and is_number(e.get("end")) for e in episodes):
+            and len(diagnosis["kl_per_dim"]) == latents and all(map(_is_number, diagnosis["kl_per_dim"])) \
+            and _is_number(diagnosis.get("collapse_threshold")) and drawable_episodes(diagnosis.get("episodes", [])):
         return None
     return "it does not hold the diagnosis of this run (kl_per_dim, collapse_threshold, episodes)"
 

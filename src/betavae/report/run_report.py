@@ -29,7 +29,7 @@ from betavae.models.vae import VAE
 from betavae.objectives import OBJECTIVES
 from betavae.report import charts
 from betavae.report.analysis import MI_IMAGES, mean_code_by_factor, mutual_information_matrix, sample_codes
-from betavae.report.figures import diagnosis_problem, make_figures, plot_training_curves
+from betavae.report.figures import diagnosis_problem, drawable_episodes, make_figures, plot_training_curves
 from betavae.report.html import Section, empty, esc, figure, fmt_number, img, img_file, page, table, write_page
 from betavae.training import load, rundir
 from betavae.training.config import TrainConfig
@@ -206,9 +206,7 @@ def run_episodes_of(diagnosis: dict[str, Any], history: list[dict[str, Any]]) ->
 def _recorded_episodes(diagnosis: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The episodes ``diagnosis.json`` lists, or None where it lists none that can be shown (a damaged file)."""
     episodes = diagnosis.get("episodes")
-    if isinstance(episodes, list) and all(isinstance(e, dict) for e in episodes):
-        return episodes
-    return None
+    return episodes if drawable_episodes(episodes) else None
 
 
 def _diagnosis_section(diagnosis: dict[str, Any] | None, history: list[dict[str, Any]]) -> str:
