@@ -171,3 +171,18 @@ def test_checkpointed_log_sums_are_shared_out_and_restored():
     mean = {k: sum(s[k] for s in shares) / 4 if k != "beta" else shares[0][k] for k in sums}
     assert mean["loss"] == 6.0 and torch.equal(mean["kl_per_dim"], sums["kl_per_dim"])
     assert mean_over_processes(sums, Distributed()) == sums
+
+
+def test_the_tc_memory_holds_the_global_batch_on_every_process(runs, tmp_path):
+    """Every process remembers the whole global batch (gathered), so the checkpoint of process 0 holds it all."""
+    root, data, _, _, _ = runs
+    run = dict(RUN, objective="tc", tc_memory=64, steps=2)
+    single = betavae.train(betavae.TrainConfig(data=str(data), out=str(tmp_path / "single"), **run))
+    result = _torchrun(root, "train", *_flags(dict(data=data, out=tmp_path / "ddp", **run)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    states = [load_checkpoint(path / "checkpoints" / "step-00000001")["objective"] for path in (single, tmp_path / "ddp")]
+    assert [int(state["memory_filled"]) for state in states] == [8, 8]
+    # the first step's posteriors come from the same initial weights in both runs: the same 8 rows
+    assert torch.allclose(states[0]["memory_mu"][:8], states[1]["memory_mu"][:8], atol=1e-5)
+    assert torch.allclose(states[0]["memory_logvar"][:8], states[1]["memory_logvar"][:8], atol=1e-5)
+    assert int(load_checkpoint(tmp_path / "ddp" / "checkpoints" / "step-00000002")["objective"]["memory_filled"]) == 16

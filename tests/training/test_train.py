@@ -216,3 +216,20 @@ def test_a_checkpoint_older_than_a_config_field_resumes_with_its_default(tmp_pat
     with pytest.raises(ConfigError, match="decoder_init 'default' -> 'data'"):
         rundir.check_unchanged({**record, "step": 10}, betavae.TrainConfig(out=str(tmp_path / "run"),
                                                                            decoder_init="data"), tmp_path)
+
+
+def test_a_tc_memory_run_resumes_to_the_same_result(small_npy, tmp_path):
+    """The memory of earlier posteriors is checkpointed: a run resumed mid-way ends where a straight one does."""
+    config = _config(small_npy, tmp_path / "straight", objective="tc", tc_memory=24)
+    straight = betavae.train(config)
+    killed = shutil.copytree(straight, tmp_path / "killed")
+    (killed / "model.safetensors").unlink()
+    for path in list_checkpoints(killed):
+        if load_checkpoint(path)["step"] > 20:
+            shutil.rmtree(path)
+    betavae.resume(killed)
+    ta, tb = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    plain = betavae.train(_config(small_npy, tmp_path / "plain", objective="tc"))  # the memory changes training
+    tc = load_file(plain / "model.safetensors")
+    assert not all(torch.equal(ta[k], tc[k]) for k in ta)

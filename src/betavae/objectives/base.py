@@ -34,6 +34,9 @@ class Objective(nn.Module):
     regulariser_label: str = "regulariser"
     #: the smallest batch the regulariser is defined on (batch statistics need at least 2 codes)
     min_batch_size: int = 1
+    #: whether torchrun's processes can train it as one process would (False: it trains a network of
+    #: its own after each step, which DistributedDataParallel would not keep the same across processes)
+    data_parallel: bool = True
 
     def __init__(self, likelihood: str = "bernoulli", likelihood_scale: float = 0.1):
         super().__init__()

@@ -75,6 +75,7 @@ class Discriminator(nn.Module):
 
 class FactorVAE(Objective):
     name = "factor"
+    data_parallel = False  # its discriminator and optimizer are its own
     weight_field, weight_symbol = "factor_gamma", "γ"
     regulariser_label = "KL+γ·TC"
     min_batch_size = 2

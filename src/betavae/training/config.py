@@ -85,6 +85,9 @@ class TrainConfig:
     tc_gamma: float = _opt(1.0, "tc: weight γ of the dimension-wise KL")
     estimator: str = _opt("mss", "tc: estimator of log q(z): mss (minibatch stratified sampling) or mws (minibatch "
                                  "weighted sampling)", choices=ESTIMATORS)
+    tc_memory: int = _opt(0, "tc: posteriors of this many earlier images kept (without gradient) and added to the "
+                             "batch's in the estimate of q(z), so the estimate does not saturate at log N when "
+                             "posteriors are narrow; 0: the batch alone (Chen et al. 2018)")
     dip_lambda_od: float = _opt(10.0, "dip1, dip2: weight λ_od of the off-diagonal covariance penalty")
     dip_lambda_d: float | None = _opt(None, "dip1, dip2: weight λ_d of the diagonal covariance penalty "
                                             "(default: 10·λ_od for dip1, λ_od for dip2)")
@@ -146,6 +149,10 @@ class TrainConfig:
         _positive_int(self, "latents", "steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
                       "beta_warmup_steps", "beta_cycles", "capacity_steps", "discriminator_width",
                       "discriminator_layers")
+        if not isinstance(self.tc_memory, int) or isinstance(self.tc_memory, bool) or self.tc_memory < 0:
+            raise ConfigError(f"tc_memory must be a whole number >= 0 (0: no memory), got {self.tc_memory!r}.")
+        if self.tc_memory and self.objective != "tc":
+            raise ConfigError(f"--tc-memory applies to --objective tc only; drop it for --objective {self.objective}.")
         if self.skip_nonfinite < 0:
             raise ConfigError(f"skip_nonfinite must be a whole number >= 0, got {self.skip_nonfinite}.")
         for name in ("beta", "collapse_threshold", "capacity_gamma", "capacity_max", "factor_gamma", "tc_alpha",

@@ -31,7 +31,7 @@ from torch import nn
 
 from betavae import errors
 from betavae.errors import BetaVAEError, ConfigError, TrainingError
-from betavae.objectives import OBJECTIVES, Objective
+from betavae.objectives import OBJECTIVES
 
 T = TypeVar("T")
 
@@ -132,7 +132,7 @@ def check_config(config: Any, dist: Distributed) -> None:
             f"{dist.world_size} processes gives {local}; raise --batch-size to at least "
             f"{objective.min_batch_size * dist.world_size}."
         )
-    if objective.update_auxiliary is not Objective.update_auxiliary:
+    if not objective.data_parallel:
         raise ConfigError(
             f"objective {config.objective} trains its own network with its own optimizer after each step, and "
             "DistributedDataParallel would not keep that network the same across the torchrun processes; train "
