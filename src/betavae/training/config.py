@@ -86,8 +86,9 @@ class TrainConfig:
     estimator: str = _opt("mss", "tc: estimator of log q(z): mss (minibatch stratified sampling) or mws (minibatch "
                                  "weighted sampling)", choices=ESTIMATORS)
     tc_memory: int = _opt(0, "tc: posteriors of this many earlier images kept (without gradient) and added to the "
-                             "batch's in the estimate of q(z), so the estimate does not saturate at log N when "
-                             "posteriors are narrow; 0: the batch alone (Chen et al. 2018)")
+                             "batch's in the estimate of q(z): it saturates at log N less when posteriors are "
+                             "narrow, at a cost that grows with K (docs/objectives.md); 0: the batch alone "
+                             "(Chen et al. 2018)")
     dip_lambda_od: float = _opt(10.0, "dip1, dip2: weight λ_od of the off-diagonal covariance penalty")
     dip_lambda_d: float | None = _opt(None, "dip1, dip2: weight λ_d of the diagonal covariance penalty "
                                             "(default: 10·λ_od for dip1, λ_od for dip2)")
