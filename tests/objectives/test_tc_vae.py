@@ -107,7 +107,7 @@ def test_beta_tcvae_loss_weights_each_term(estimator, fake_output):
 
 # --- a memory of earlier posteriors (--tc-memory) ---------------------------------------------------------
 
-from betavae.errors import ConfigError  # noqa: E402
+from betavae.errors import CheckpointError, ConfigError  # noqa: E402
 from betavae.objectives.tc_vae import memory_log_weights  # noqa: E402
 from betavae.training import TrainConfig  # noqa: E402
 
@@ -194,12 +194,12 @@ def test_a_larger_memory_brings_the_mutual_information_estimate_down_from_its_ce
 
 def test_the_objective_fills_its_memory_as_a_ring_and_checkpoints_it(fake_output):
     objective = BetaTCVAE(dataset_size=1000, estimator="mss", memory=20, latents=3)
-    assert int(objective.memory_filled) == 0
+    assert objective.memory_filled == 0
     outputs = [fake_output(batch=8, latents=3, seed=s) for s in range(3)]
     for step, (output, x) in enumerate(outputs):
         objective(output, x, step)
         objective.update_auxiliary(output, x, step)
-    assert int(objective.memory_filled) == 20 and int(objective.memory_next) == 4
+    assert objective.memory_filled == 20 and objective.memory_next == 4
     # 24 rows written into a ring of 20: the third batch's first four fill rows 16..19, its last four wrap to 0..3
     third = outputs[2][0]
     assert torch.equal(objective.memory_mu[16:20], third.mu[:4]) and torch.equal(objective.memory_mu[:4], third.mu[4:])
@@ -207,9 +207,14 @@ def test_the_objective_fills_its_memory_as_a_ring_and_checkpoints_it(fake_output
     assert torch.equal(objective.memory_mu[4:8], outputs[0][0].mu[4:])
     restored = BetaTCVAE(dataset_size=1000, estimator="mss", memory=20, latents=3)
     restored.load_state_dict(objective.state_dict())
+    restored.load_auxiliary_state(objective.auxiliary_state())
+    assert (restored.memory_filled, restored.memory_next) == (20, 4)
     output, x = fake_output(batch=8, latents=3, seed=9)
     assert torch.equal(objective(output, x, 3)[0], restored(output, x, 3)[0])
     assert objective.weight_label() == "α = 1, β = 6, γ = 1 (mss, memory of 20)"
+    for damaged in (None, {}, {"memory_filled": 21, "memory_next": 0}, {"memory_filled": "20", "memory_next": 4}):
+        with pytest.raises(CheckpointError, match="memory"):
+            restored.load_auxiliary_state(damaged)
 
 
 def test_a_memory_changes_the_loss_once_filled(fake_output):

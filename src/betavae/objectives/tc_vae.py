@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from betavae.errors import ConfigError
+from betavae.errors import CheckpointError, ConfigError
 from betavae.objectives.base import Objective
 from betavae.objectives.gaussian import log_normal_density
 
@@ -210,11 +210,11 @@ class BetaTCVAE(Objective):
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.estimator = estimator
         self.memory = memory
-        if memory:  # buffers: saved in checkpoints, so a resumed run continues with the same memory
+        # rows written so far (≤ K) and the row written next: host integers, so no step waits on the device
+        self.memory_filled = self.memory_next = 0
+        if memory:  # buffers: saved in checkpoints (the two counters with the auxiliary state)
             self.register_buffer("memory_mu", torch.zeros(memory, latents))
             self.register_buffer("memory_logvar", torch.zeros(memory, latents))
-            self.register_buffer("memory_filled", torch.zeros((), dtype=torch.long))  # rows written so far (≤ K)
-            self.register_buffer("memory_next", torch.zeros((), dtype=torch.long))  # the row written next
 
     @classmethod
     def from_config(cls, config, dataset_size: int) -> "BetaTCVAE":
@@ -227,9 +227,9 @@ class BetaTCVAE(Objective):
 
     def regulariser(self, output: VAEOutput, kl: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         memory_mu = memory_logvar = None
-        if self.memory:
-            filled = int(self.memory_filled)
-            memory_mu, memory_logvar = self.memory_mu[:filled], self.memory_logvar[:filled]
+        if self.memory_filled:
+            memory_mu = self.memory_mu[:self.memory_filled]
+            memory_logvar = self.memory_logvar[:self.memory_filled]
         mi, tc, dwkl = tc_decomposition(output.z, output.mu, output.logvar, self.dataset_size, self.estimator,
                                         memory_mu, memory_logvar)
         logs = {"mutual_information": mi, "total_correlation": tc, "dimension_wise_kl": dwkl}
@@ -245,11 +245,25 @@ class BetaTCVAE(Objective):
     def remember(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
         """Write posteriors ``(n, D)`` over the memory's oldest rows (a ring of K rows)."""
         mu, logvar = mu[-self.memory:].float(), logvar[-self.memory:].float()
-        rows = (int(self.memory_next) + torch.arange(mu.shape[0], device=self.memory_mu.device)) % self.memory
+        rows = (self.memory_next + torch.arange(mu.shape[0], device=self.memory_mu.device)) % self.memory
         self.memory_mu[rows] = mu.to(self.memory_mu.device)
         self.memory_logvar[rows] = logvar.to(self.memory_logvar.device)
-        self.memory_next.fill_((int(self.memory_next) + mu.shape[0]) % self.memory)
-        self.memory_filled.fill_(min(self.memory, int(self.memory_filled) + mu.shape[0]))
+        self.memory_next = (self.memory_next + mu.shape[0]) % self.memory
+        self.memory_filled = min(self.memory, self.memory_filled + mu.shape[0])
+
+    def auxiliary_state(self) -> dict[str, Any]:
+        return {"memory_filled": self.memory_filled, "memory_next": self.memory_next} if self.memory else {}
+
+    def load_auxiliary_state(self, state: dict[str, Any] | None) -> None:
+        if not self.memory:
+            return
+        state = state or {}
+        filled, next_row = state.get("memory_filled"), state.get("memory_next")
+        for name, value in (("memory_filled", filled), ("memory_next", next_row)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= self.memory:
+                raise CheckpointError(f"the checkpoint's β-TCVAE memory has no valid {name} ({value!r}) for a memory "
+                                      f"of {self.memory}; it was not written by a run with --tc-memory {self.memory}.")
+        self.memory_filled, self.memory_next = filled, next_row % self.memory
 
 
 def _global_rows(local: torch.Tensor) -> torch.Tensor:
