@@ -79,6 +79,19 @@ def test_learning_rate_schedules():
         betavae.TrainConfig(lr_schedule="step").validate()
 
 
+def _resumed_from_step(straight, step, copy):
+    """``straight``'s run copied as if killed after its checkpoint of ``step``, resumed; asserts the same weights."""
+    killed = shutil.copytree(straight, copy)
+    (killed / "model.safetensors").unlink()
+    for path in list_checkpoints(killed):
+        if load_checkpoint(path)["step"] > step:
+            shutil.rmtree(path)
+    betavae.resume(killed)
+    ta, tb = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    return killed
+
+
 def test_cosine_schedule_steps_adam_and_resumes_to_the_same_result(small_npy, tmp_path):
     config = _config(small_npy, tmp_path / "straight", lr_schedule="cosine")
     straight = betavae.train(config)
@@ -88,14 +101,7 @@ def test_cosine_schedule_steps_adam_and_resumes_to_the_same_result(small_npy, tm
     final = load_checkpoint(list_checkpoints(straight)[-1])
     assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(config.learning_rate(39))
     # killed after the checkpoint of step 20: the resumed run takes the schedule up where it was
-    killed = shutil.copytree(straight, tmp_path / "killed")
-    (killed / "model.safetensors").unlink()
-    for path in list_checkpoints(killed):
-        if load_checkpoint(path)["step"] > 20:
-            shutil.rmtree(path)
-    betavae.resume(killed)
-    ta, tb = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
-    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    killed = _resumed_from_step(straight, 20, tmp_path / "killed")
     drop = {"images_per_second", "elapsed_seconds"}
     strip = lambda rs: [{k: v for k, v in r.items() if k not in drop} for r in rs]  # noqa: E731
     assert strip(read_metrics(killed)) == strip(records)
@@ -222,14 +228,8 @@ def test_a_tc_memory_run_resumes_to_the_same_result(small_npy, tmp_path):
     """The memory of earlier posteriors is checkpointed: a run resumed mid-way ends where a straight one does."""
     config = _config(small_npy, tmp_path / "straight", objective="tc", tc_memory=24)
     straight = betavae.train(config)
-    killed = shutil.copytree(straight, tmp_path / "killed")
-    (killed / "model.safetensors").unlink()
-    for path in list_checkpoints(killed):
-        if load_checkpoint(path)["step"] > 20:
-            shutil.rmtree(path)
-    betavae.resume(killed)
-    ta, tb = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
-    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    _resumed_from_step(straight, 20, tmp_path / "killed")
+    ta = load_file(straight / "model.safetensors")
     plain = betavae.train(_config(small_npy, tmp_path / "plain", objective="tc"))  # the memory changes training
     tc = load_file(plain / "model.safetensors")
     assert not all(torch.equal(ta[k], tc[k]) for k in ta)
