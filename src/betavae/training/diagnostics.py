@@ -24,6 +24,8 @@ from betavae.objectives.likelihoods import reconstruction_nll
 
 #: A run whose reconstruction improves on the z-free baseline by less than this is "poor".
 POOR_RECONSTRUCTION_GAIN = 0.1
+#: A β-TCVAE total-correlation estimate below this (nats) is bias, not noise: the true value is >= 0.
+IMPOSSIBLE_TC = -0.5
 
 
 def _against_baseline(gain: float) -> str:
@@ -33,14 +35,6 @@ def _against_baseline(gain: float) -> str:
     if gain < 0:
         return f"{-100 * gain:.0f}% worse than ignoring the latents"
     return f"{100 * gain:.0f}% better than ignoring the latents"
-
-
-def constant_image(dataset: ImageDataset, likelihood: str, rng: np.random.Generator, n: int = 2048) -> torch.Tensor:
-    """The best image ``(C, H, W)`` in [0, 1] for a decoder that ignores z (each pixel's mean, or its
-    median for the Laplace likelihood), estimated on ``n`` images."""
-    idx = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
-    x = torch.from_numpy(dataset.images(np.sort(idx)))
-    return x.median(0).values if likelihood == "laplace" else x.mean(0)  # the NLL-optimal constant
 
 
 def _sample_images(dataset: ImageDataset, rng: np.random.Generator, n: int) -> torch.Tensor:
@@ -112,6 +106,20 @@ def diagnose(
             "text": (
                 f"KL stays high ({kl:.3g} nats, above log N = {kl_ceiling:.3g} nats for {dataset_size} distinct "
                 f"images): {weight} may be too low to press the latents toward independent factors."
+            ),
+        })
+    tc = record.get("total_correlation")
+    if isinstance(tc, (int, float)) and tc < IMPOSSIBLE_TC:
+        mi, dwkl = record.get("mutual_information", float("nan")), record.get("dimension_wise_kl", float("nan"))
+        findings.append({
+            "level": "warning",
+            "code": "tc_estimate_biased",
+            "text": (
+                f"The β-TCVAE estimates are biased: total correlation {tc:.3g} nats (≥ 0 in truth), mutual "
+                f"information {mi:.3g} against a KL of {kl:.3g} and a ceiling of log N = {kl_ceiling:.3g}, "
+                f"dimension-wise KL {dwkl:.3g}. The batch holds too few images near each code to estimate q(z), "
+                "so the total-correlation term also penalises the KL itself (docs/objectives.md, β-TCVAE). "
+                "A larger --batch-size or --tc-memory reduces the bias."
             ),
         })
     if not collapsed and len(kl_per_dim) > 1 and weight in ("β = 0", "β = 1"):
