@@ -93,15 +93,24 @@ def memory_log_weights(batch_size: int, memory_size: int, dataset_size: int, est
     Columns: the batch's B images, then the memory's K. mws: 1 / (N (M + 1)) everywhere; mss: 1/N on
     the sample's own image and (N − 1) / (N M) on each of the M = B − 1 + K others.
     """
+    batch_block, log_w_memory = _memory_weight_parts(batch_size, memory_size, dataset_size, estimator, dtype, device)
+    return torch.cat([batch_block, batch_block.new_full((batch_size, memory_size), log_w_memory)], dim=1)
+
+
+def _memory_weight_parts(batch_size: int, memory_size: int, dataset_size: int, estimator: str, dtype: torch.dtype,
+                         device: torch.device | str | None) -> tuple[torch.Tensor, float]:
+    """:func:`memory_log_weights` as its batch block ``(B, B)`` and the one log weight of every memory column
+    (what the estimate uses: no ``(B, B + K)`` matrix is built on a training step)."""
     n, others = dataset_size, batch_size - 1 + memory_size
     if estimator == "mws":
-        return torch.full((batch_size, others + 1), -math.log(n * (others + 1)), dtype=dtype, device=device)
+        log_w = -math.log(n * (others + 1))
+        return torch.full((batch_size, batch_size), log_w, dtype=dtype, device=device), log_w
     if others < 1:
         raise ConfigError("minibatch stratified sampling needs at least one image besides the sample's own.")
-    weights = torch.full((batch_size, others + 1), (n - 1) / (n * others), dtype=torch.float64)
-    rows = torch.arange(batch_size)
-    weights[rows, rows] = 1.0 / n
-    return weights.log().to(dtype=dtype, device=device)
+    log_w = math.log((n - 1) / (n * others))
+    weights = torch.full((batch_size, batch_size), log_w, dtype=torch.float64)
+    weights.fill_diagonal_(-math.log(n))
+    return weights.to(dtype=dtype, device=device), log_w
 
 
 class _MemoryLogSumExp(torch.autograd.Function):
@@ -168,12 +177,10 @@ def tc_decomposition(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, da
     memory = 0 if memory_mu is None else memory_mu.shape[0]
     log_q_pairs = pairwise_log_density(z, mu, logvar)  # (B, B, D)
     if memory:
-        log_w = memory_log_weights(batch, memory, dataset_size, estimator, z.dtype, z.device)
+        log_w, log_w_memory = _memory_weight_parts(batch, memory, dataset_size, estimator, z.dtype, z.device)
         memory_joint, memory_marginals = _memory_log_densities(z, memory_mu, memory_logvar)  # (B,), (B, D)
-        log_w_memory = log_w[0, -1]  # the same for every memory column
-        log_qz = torch.logaddexp(torch.logsumexp(log_q_pairs.sum(2) + log_w[:, :batch], dim=1),
-                                 memory_joint + log_w_memory)
-        log_qz_product = torch.logaddexp(torch.logsumexp(log_q_pairs + log_w[:, :batch].unsqueeze(2), dim=1),
+        log_qz = torch.logaddexp(torch.logsumexp(log_q_pairs.sum(2) + log_w, dim=1), memory_joint + log_w_memory)
+        log_qz_product = torch.logaddexp(torch.logsumexp(log_q_pairs + log_w.unsqueeze(2), dim=1),
                                          memory_marginals + log_w_memory).sum(1)
     else:
         if estimator == "mws":

@@ -150,7 +150,7 @@ class TrainConfig:
         _positive_int(self, "latents", "steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
                       "beta_warmup_steps", "beta_cycles", "capacity_steps", "discriminator_width",
                       "discriminator_layers")
-        if not isinstance(self.tc_memory, int) or isinstance(self.tc_memory, bool) or self.tc_memory < 0:
+        if self.tc_memory < 0:  # (its type is checked with every field's)
             raise ConfigError(f"tc_memory must be a whole number >= 0 (0: no memory), got {self.tc_memory!r}.")
         if self.tc_memory and self.objective != "tc":
             raise ConfigError(f"--tc-memory applies to --objective tc only; drop it for --objective {self.objective}.")
