@@ -1,3 +1,5 @@
+import base64
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,8 +18,10 @@ def _run_dir(root, name, shade):
 
 @pytest.fixture
 def sweep_dir(tmp_path):
+    """A sweep directory holding the trade-off figure ``betavae sweep`` draws (a flat grey image here)."""
     out = tmp_path / "sweep"
     out.mkdir()
+    Image.fromarray(np.full((40, 80), 200, dtype=np.uint8)).save(out / "tradeoff.png")
     return out
 
 
@@ -74,6 +78,18 @@ def test_no_recommendation_and_no_measure_still_make_a_page(sweep_dir, parse_pag
     page = parse_page(sweep_report(sweep_dir, trials, {"weight": None, "reason": "every trial failed."}))
     assert "No β could be recommended. every trial failed." in page.text["recommendation"]
     assert "no trade-off to draw" in page.text["tradeoff"] and page.figures("tradeoff") == []
+
+
+def test_the_tradeoff_section_embeds_the_sweeps_own_figure(sweep_dir, parse_page):
+    trials = [{"beta": 1.0, "seed": 0, "reconstruction": 30.0, "mig": 0.2}]
+    recommendation = {"beta": 1.0, "metric": "mig", "reason": "only β = 1."}
+    html = sweep_report(sweep_dir, trials, recommendation).read_text()
+    figure = base64.b64encode((sweep_dir / "tradeoff.png").read_bytes()).decode()
+    assert html.count(figure) == 1  # the file itself, not a second drawing of the same data
+    (sweep_dir / "tradeoff.png").unlink()
+    page = parse_page(sweep_report(sweep_dir, trials, recommendation))
+    assert page.figures("tradeoff") == []
+    assert "No tradeoff.png in this sweep directory" in page.text["tradeoff"]
 
 
 def test_bad_input_is_refused(sweep_dir, tmp_path):

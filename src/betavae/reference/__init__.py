@@ -30,6 +30,7 @@ import torch
 import betavae
 from betavae.checks import check_output_path
 from betavae.errors import CheckpointError, ConfigError
+from betavae.sweep.outputs import TRADEOFF_FIGURE
 from betavae.training import load as load_run
 from betavae.training.rundir import EVALUATION_FILE
 from betavae.training.rundir import REFERENCE_FILE as INFO_FILE
@@ -43,7 +44,7 @@ DEMO_REFERENCE = "dsprites-fast-cpu"
 STUDIES_ROOT = ROOT / "studies"
 #: A shipped study's record (how it was made), and the sweep outputs it ships beside it.
 STUDY_FILE = "STUDY.json"
-SUMMARY_FILE, RECOMMENDATION_FILE, TRADEOFF_FIGURE = "summary.json", "recommendation.json", "tradeoff.png"
+SUMMARY_FILE, RECOMMENDATION_FILE = "summary.json", "recommendation.json"
 #: The β trade-off on dSprites that the README and the run reports show.
 TRADEOFF_STUDY = "dsprites-tradeoff"
 

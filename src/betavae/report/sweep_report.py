@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from betavae.errors import ConfigError
-from betavae.report import charts
 from betavae.training.rundir import FIGURES_DIR, REPORT_FILE, TRAVERSALS_FIGURE
-from betavae.report.html import Section, empty, esc, figure, fmt_number, img, img_file, page, table, write_page
+from betavae.report.html import Section, empty, esc, figure, fmt_number, img_file, page, table, write_page
+from betavae.sweep.outputs import TRADEOFF_FIGURE
 
 #: Trial keys that describe a trial rather than measure its disentanglement (never taken as the score).
 DESCRIPTIVE_KEYS = ("weight", "beta", "seed", "trial", "name", "state", "run_dir", "reconstruction", "kl", "active_dims",
@@ -87,9 +87,12 @@ def sweep_report(sweep_dir: str | Path, trials: list[dict], recommendation: dict
     from the trial itself or from its ``metrics`` dict (``{"mig.mig": 0.3, "udr": 0.5}``); every
     other key is shown in the table as given.
 
+    The trade-off section embeds ``sweep_dir/tradeoff.png``, the figure ``betavae sweep`` draws
+    (:func:`betavae.sweep.outputs.plot_tradeoff`), and says so when it is missing.
+
     ``recommendation``: ``weight`` (or ``beta``; None when nothing could be recommended),
-    ``reason`` (why, in words), ``metric`` (the measure the choice ranked by, the trade-off plot's
-    vertical axis), optionally ``weight_name`` (its symbol, default β), ``higher_is_better`` and
+    ``reason`` (why, in words), ``metric`` (the measure the choice ranked by), optionally
+    ``weight_name`` (its symbol, default β), ``higher_is_better`` and
     ``per_weight`` (per-weight means and spreads); other scalar keys are listed.
     """
     sweep_dir = Path(sweep_dir)
@@ -106,7 +109,7 @@ def sweep_report(sweep_dir: str | Path, trials: list[dict], recommendation: dict
     weights = sorted({float(_weight(t)) for t in trials})
     sections = [
         Section("recommendation", "Recommendation", _recommendation_section(recommendation, symbol, chosen)),
-        Section("tradeoff", "Trade-off", _tradeoff_section(trials, weights, score, symbol, chosen,
+        Section("tradeoff", "Trade-off", _tradeoff_section(sweep_dir, score, symbol,
                                                            bool(recommendation.get("higher_is_better", True)))),
         Section("trials", "Trials", _trials_section(trials, sweep_dir, chosen)),
         Section("traversals", f"Traversals per {symbol}", _traversals_section(trials, weights, sweep_dir, score, symbol,
@@ -158,21 +161,20 @@ def _per_weight_table(rows: list[Any], symbol: str, metric: Any, chosen: float |
     return table(header, table_rows, highlight=marked)
 
 
-def _tradeoff_section(trials: Sequence[Mapping[str, Any]], weights: list[float], score: str | None, symbol: str,
-                      chosen: float | None, higher_is_better: bool) -> str:
+def _tradeoff_section(sweep_dir: Path, score: str | None, symbol: str, higher_is_better: bool) -> str:
     if score is None:
         return empty("No trial carries a disentanglement measure yet, so there is no trade-off to draw.")
-
-    def values(weight: float, key: str) -> list[float]:
-        return [_measure(t, key) for t in trials if float(_weight(t)) == weight]
-
-    chart = charts.tradeoff(weights, [values(w, "reconstruction") for w in weights], [values(w, score) for w in weights],
-                            score, chosen, symbol)
+    path = sweep_dir / TRADEOFF_FIGURE
+    if not path.is_file():
+        return empty(f"No <code>{esc(TRADEOFF_FIGURE)}</code> in this sweep directory: <code>betavae sweep</code> "
+                     "draws it before it writes this report; run the sweep's command again to draw it.")
     better = "higher" if higher_is_better else "lower"
-    return figure(img(chart, "image/png", f"{score} and reconstruction against {symbol}", "tradeoff"),
-                  f"A larger {esc(symbol)} presses the code toward independent factors and costs reconstruction. "
-                  f"<code>{esc(score)}</code>: {better} is better; reconstruction NLL: lower is better. "
-                  "Error bars: one standard deviation over seeds; trials that did not finish are left out.")
+    return figure(img_file(path, f"{score} and reconstruction against {symbol}", "tradeoff"),
+                  f"<code>{esc(TRADEOFF_FIGURE)}</code>. A larger {esc(symbol)} presses the code toward independent "
+                  f"factors and costs reconstruction. Top: reconstruction NLL (lower is better) against each measure "
+                  f"({better} is better for <code>{esc(score)}</code>), a dot per trial, each {esc(symbol)}'s mean "
+                  f"± one standard deviation over seeds, the recommended {esc(symbol)} ringed. Bottom: each measure "
+                  f"against {esc(symbol)}. Trials that did not finish are left out.")
 
 
 def _trials_section(trials: Sequence[Mapping[str, Any]], sweep_dir: Path, chosen: float | None) -> str:

@@ -18,6 +18,8 @@ from betavae.sweep.trial import decode_array
 from betavae.sweep.udr import udr_scores
 
 
+#: The trade-off figure's file name in SWEEP/ (``SWEEP/report.html`` embeds it).
+TRADEOFF_FIGURE = "tradeoff.png"
 #: Metric values the trade-off figure plots beside the ranking metric whenever the trials carry them.
 HEADLINE_METRICS = ("mig.mig", "factor_vae_score.eval_accuracy")
 #: How the figure names some metric values (any other shows as its key, e.g. ``dci.disentanglement``).

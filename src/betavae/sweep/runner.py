@@ -15,7 +15,7 @@ from betavae.data import dataset_from_config
 from betavae.errors import BetaVAEError
 from betavae.files import write_json_atomic
 from betavae.sweep import study as sweep_study
-from betavae.sweep.outputs import add_udr, plot_tradeoff, write_summary
+from betavae.sweep.outputs import TRADEOFF_FIGURE, add_udr, plot_tradeoff, write_summary
 from betavae.sweep.recommend import recommend
 from betavae.sweep.spec import SweepSpec, default_workers_threads, metric_key
 from betavae.sweep.storage import redact_url
@@ -103,14 +103,14 @@ def summarize(spec: SweepSpec, study: Any, stream: TextIO | None = None) -> dict
     metric = metric_key(spec.metric or "udr")
     write_summary(out, trials, metric)
     result = recommend(trials, metric, spec.tolerance, spec.weight_symbol)
-    plot_tradeoff(out / "tradeoff.png", trials, metric, spec.weight_symbol, result["weight"])
+    plot_tradeoff(out / TRADEOFF_FIGURE, trials, metric, spec.weight_symbol, result["weight"])
     missing = [t["name"] for t in trials if t["state"] == "MISSING"]
     if missing:
         result["reason"] += f" Not finished yet: {', '.join(missing)} (run the same command to finish them)."
     result["objective"] = spec.objective
     result["weight_field"] = spec.weight_field
     write_json_atomic(out / "recommendation.json", _clean(result))
-    print(f"betavae sweep: summary in {out / 'summary.csv'}, trade-off plot in {out / 'tradeoff.png'}", file=stream)
+    print(f"betavae sweep: summary in {out / 'summary.csv'}, trade-off plot in {out / TRADEOFF_FIGURE}", file=stream)
     weight = result["weight"]
     head = "no recommendation" if weight is None else f"recommended {spec.weight_symbol} = {weight:g}"
     print(f"betavae sweep: {head}: {result['reason']}", file=stream, flush=True)
