@@ -7,6 +7,8 @@ import pytest
 from PIL import Image
 
 from betavae.cli import main
+from tests.metrics.conftest import FactorGrid
+from tests.report.conftest import TurnedEncoder
 
 
 def _run(*args, cwd=None):
@@ -144,6 +146,9 @@ def test_demo_never_overwrites_an_earlier_demo(tmp_path, monkeypatch, capsys):
     references = []
     monkeypatch.setattr("betavae.report.run_report",
                         lambda run, seed, reference=None: references.append(reference) or tmp_path / "report.html")
+    sizes = (3, 6, 40, 32, 32)  # the trained code: factors 3 and 4 (x and y) turned 20° in dims 1 and 4
+    monkeypatch.setattr("betavae.training.load", lambda run: TurnedEncoder(20.0, sizes))
+    monkeypatch.setattr("betavae.cli.dataset_from_config", lambda config: FactorGrid(sizes))
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo-2").mkdir()
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--steps", "5"]) == 0
@@ -160,6 +165,8 @@ def test_demo_never_overwrites_an_earlier_demo(tmp_path, monkeypatch, capsys):
     assert f"Beside the shipped reference model '{reference.DEMO_REFERENCE}'" in out
     mig = reference.summary_values(reference.evaluation(reference.DEMO_REFERENCE))["MIG"]
     assert f"{'MIG':<22}{0.1:>12.3f}{mig:>12.3f}" in out
+    # what this run's code does with x and y, measured
+    assert "In this run, f3 and f4 share z1 and z4, turned 20° from the dims' axes" in out
 
 
 def test_resume_refuses_other_settings(small_npy, tmp_path, capsys):

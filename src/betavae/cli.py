@@ -133,12 +133,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ]) +
         f"A {args.steps:,}-step run ({args.steps * config.batch_size:,} images) learns position and scale, the first"
         f" structure a β-VAE finds on dSprites, but often mixes x and y across two dimensions: the β-VAE's KL is"
-        f" the same for any rotation of them. β-TCVAE and FactorVAE penalise that mixing (betavae train --recipe"
-        f" fast-cpu); published models train for 300,000 steps. Train further with:"
+        f" the same for any rotation of them. {_rotations_found(run_dir, config)}β-TCVAE and FactorVAE penalise"
+        f" that mixing (betavae train --recipe fast-cpu); published models train for 300,000 steps. Train further with:"
         f" betavae train --resume {run_dir} --steps 20000\n"
         f"and evaluate every metric with: betavae evaluate {run_dir}",
     )
     return 0
+
+
+def _rotations_found(run_dir: Path, config: TrainConfig) -> str:
+    """What this run's code does with pairs of factors (``analysis.rotated_pairs``), as a sentence."""
+    from betavae.data.base import FactorDataset
+    from betavae.report.analysis import code_factor_information, rotation_sentence
+
+    dataset = dataset_from_config(config)
+    if not isinstance(dataset, FactorDataset):
+        return ""
+    pairs = code_factor_information(training.load(run_dir).eval(), dataset, seed=0).rotated_pairs()
+    if not pairs:
+        return "This run has no pair of factors mixed at an angle of 15° or more. "
+    return "In this run, " + "; ".join(rotation_sentence(p) for p in pairs) + ". "
 
 
 def _file_list(run_dir: Path, entries: list[tuple[str, str]]) -> str:

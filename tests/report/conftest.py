@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import betavae
@@ -113,3 +114,24 @@ def train_tiny():
 @pytest.fixture
 def parse_page():
     return read_page
+
+
+class TurnedEncoder(torch.nn.Module):
+    """Reads a ``FactorGrid`` image (its factor indices) and codes factors 3 and 4 turned by ``degrees``
+    in dims 1 and 4, factor 1 in dim 0; its other dims stay at 0."""
+
+    latents = 6
+
+    def __init__(self, degrees: float, sizes: tuple[int, ...]):
+        super().__init__()
+        theta = np.radians(degrees)
+        weight = torch.zeros(self.latents, len(sizes), dtype=torch.float64)
+        weight[0, 1] = 1.0
+        weight[1, 3], weight[1, 4] = np.cos(theta), -np.sin(theta)
+        weight[4, 3], weight[4, 4] = np.sin(theta), np.cos(theta)
+        self.register_buffer("weight", weight / torch.tensor([max(s - 1, 1) for s in sizes], dtype=torch.float64))
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # a parameter, so the model has a device
+
+    def encode(self, x: torch.Tensor):
+        mu = x.flatten(1).double() @ self.weight.T
+        return mu.float(), torch.zeros_like(mu, dtype=torch.float32)

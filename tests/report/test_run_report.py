@@ -7,7 +7,7 @@ from betavae.cli import main
 from betavae.objectives import OBJECTIVES
 from betavae.report import run_report
 from betavae.report.html import fmt_number
-from betavae.report.run_report import MAIN_CURVE_KEYS, SHARED_TERMS
+from betavae.report.run_report import MAIN_CURVE_KEYS, SHARED_TERMS, _rotations_note
 from betavae.training.logging import read_metrics
 
 COMMON = ["config", "diagnosis", "curves", "kl", "reconstructions", "samples", "traversals", "metrics"]
@@ -169,3 +169,10 @@ def test_where_a_runs_beta_sits_in_the_study():
     assert _where_it_sits(0.5, weights, 4.0, "β") == ("This run's β = 0.5 is below the smallest the study trained (1), "
                                                       "below the recommended β = 4.")
     assert _where_it_sits(32.0, weights, None, "β") == "This run's β = 32 is above the largest the study trained (16)."
+
+
+def test_a_turned_pair_is_described_with_its_cause():
+    assert _rotations_note([]) == ""
+    note = _rotations_note([{"factors": ("posX", "posY"), "dims": (3, 8), "angle": 16.2, "r2": (0.93, 0.94)}])
+    assert "posX and posY share z3 and z8, turned 16° from the dims" in note
+    assert "Rolinek et al. 2019" in note and "--objective tc" in note

@@ -24,11 +24,11 @@ from betavae.data import dataset_from_config
 from betavae.data.base import FactorDataset, ImageDataset
 from betavae.data.dsprites import DSprites
 from betavae.errors import BetaVAEError
-from betavae.metrics.utils import NUM_BINS, discrete_entropy
+from betavae.metrics.utils import NUM_BINS
 from betavae.models.vae import VAE
 from betavae.objectives import OBJECTIVES
 from betavae.report import charts
-from betavae.report.analysis import MI_IMAGES, mean_code_by_factor, mutual_information_matrix, sample_codes
+from betavae.report.analysis import MI_IMAGES, code_factor_information, mean_code_by_factor, rotation_sentence
 from betavae.report.figures import diagnosis_problem, drawable_episodes, make_figures, plot_training_curves
 from betavae.report.html import Section, empty, esc, figure, fmt_number, img, img_file, page, table, write_page
 from betavae.training import load, rundir
@@ -459,13 +459,11 @@ def _where_it_sits(ours: float, weights: list[float], chosen: float | None, symb
 
 def _factor_sections(model: VAE, dataset: FactorDataset, kl_per_dim: list[float], threshold: float, seed: int,
                      n: int) -> list[Section]:
-    codes, factors = sample_codes(model, dataset, n, np.random.default_rng(seed))
-    varying = [k for k, size in enumerate(dataset.factor_sizes) if size > 1 and len(np.unique(factors[:, k])) > 1]
-    names = [dataset.factor_names[k] for k in varying]
+    found = code_factor_information(model, dataset, n, seed)
+    codes, factors, varying, names, mi, entropies = (found.codes, found.factors, found.varying, found.names, found.mi,
+                                                     found.entropies)
     left_out = [dataset.factor_names[k] for k in range(len(dataset.factor_sizes)) if k not in varying]
     left_out_note = (f" Factors with one value in the sample ({esc(', '.join(left_out))}) are left out." if left_out else "")
-    mi = mutual_information_matrix(codes, factors[:, varying], NUM_BINS)  # (D, K')
-    entropies = discrete_entropy(factors[:, varying])  # H(v_k): the most a dim can share
     heatmap = figure(
         img(charts.mutual_information_heatmap(mi, entropies, names, kl_per_dim, threshold), "image/png",
             "mutual information between code dims and factors", "mutual_information"),
@@ -474,6 +472,7 @@ def _factor_sections(model: VAE, dataset: FactorDataset, kl_per_dim: list[float]
         f"{NUM_BINS} equal-width bins and the plug-in estimate of the joint histogram is used (the MIG protocol). In a "
         f"disentangled code each factor's column has one dark cell, each in its own row. Values of a few hundredths "
         f"are the estimator's upward bias on a finite sample, not information.{left_out_note}")
+    heatmap += _rotations_note(found.rotated_pairs())
     order = np.argsort(kl_per_dim)[::-1]
     active = [int(d) for d in order if kl_per_dim[d] >= threshold]
     if not active:
@@ -489,3 +488,17 @@ def _factor_sections(model: VAE, dataset: FactorDataset, kl_per_dim: list[float]
             f"along that column and stays flat in the others.{left_out_note}")
     return [Section("mutual-information", "Code–factor mutual information", heatmap),
             Section("latent-factor", "Latents against factors", latent)]
+
+
+def _rotations_note(pairs: list[dict]) -> str:
+    """What :func:`rotated_pairs` found, with why it happens and what turns such a pair onto the axes."""
+    if not pairs:
+        return ""
+    found = "; ".join(esc(rotation_sentence(p)) for p in pairs)
+    return (f'<p class="note"><strong>Factors mixed at an angle:</strong> {found} (the angle of the rotation nearest to '
+            f"a linear fit of the two dims on the two factors). MIG counts only the gap between a factor's best and "
+            f"second dim, so such a pair scores low though the two dims hold both factors. When two factors carry the "
+            f"same information (x and y on dSprites), the KL of a diagonal Gaussian code to N(0, I) is the same at "
+            f"any angle of the pair, so a β-VAE leaves the angle to its seed (Rolinek et al. 2019, \"Variational "
+            f"autoencoders pursue PCA directions (by accident)\"); the objectives that penalise the total "
+            f"correlation (<code>--objective tc</code> or <code>factor</code>) penalise such mixing.</p>")
