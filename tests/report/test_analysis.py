@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from betavae.metrics.utils import discrete_entropy
-from betavae.report.analysis import (code_factor_information, mean_code_by_factor, mutual_information_matrix, rotated_pairs,
-                                     rotation_sentence)
+from betavae.report.analysis import (code_factor_information, mean_code_by_factor, mutual_information_matrix, pair_angles,
+                                     rotated_pairs, rotation_sentence)
 from tests.metrics.conftest import FactorGrid
 from tests.report.conftest import TurnedEncoder
 
@@ -91,7 +91,10 @@ def test_a_turned_pair_of_positions_is_found_with_its_angle(degrees, expected):
 @pytest.mark.parametrize("degrees", [0, 4, 90, 180, 268])
 def test_pairs_on_the_axes_or_nearly_are_not_reported(degrees):
     factors = _position_factors()
-    assert rotated_pairs(_code(factors, degrees, dims=(6, 1)), factors, NAMES) == []
+    codes = _code(factors, degrees, dims=(6, 1))
+    assert rotated_pairs(codes, factors, NAMES) == []
+    (pair,) = [p for p in pair_angles(codes, factors, NAMES) if p["factors"] == ("posX", "posY")]  # its small angle
+    assert pair["dims"] == (1, 6) and abs(pair["angle"] - min(degrees % 90, 90 - degrees % 90)) < 1.5
 
 
 def test_two_dims_that_hold_one_factor_and_categories_are_not_a_turned_pair():

@@ -6,7 +6,8 @@
   2019): each code dim is cut into 20 equal-width bins over its range and the mutual information is
   the plug-in estimate of the joint histogram; the maths is the metrics package's, not a copy.
 * :func:`code_factor_information`: both of the above for a model and a dataset.
-* :func:`rotated_pairs`: pairs of factors that share two dims at an angle to their axes.
+* :func:`pair_angles`, :func:`rotated_pairs`: pairs of factors that two dims follow, and those of
+  them whose dims are turned away from the factors.
 * :func:`mean_code_by_factor`: each dim's mean (and spread) over the images with each factor value,
   the data of the latent-vs-factor plot.
 """
@@ -44,7 +45,7 @@ def sample_codes(model: VAE, dataset: FactorDataset, n: int, rng: np.random.Gene
 @dataclass
 class CodeFactorInformation:
     """Posterior means of images drawn at random, beside their factors: what the report's factor
-    sections and :func:`rotated_pairs` read. ``factors[:, varying]`` are the factors that take more
+    sections and :func:`pair_angles` read. ``factors[:, varying]`` are the factors that take more
     than one value in the sample, named ``names``; ``mi`` ``(D, len(varying))`` their mutual
     information with each dim and ``entropies`` their entropies, in nats."""
 
@@ -55,8 +56,11 @@ class CodeFactorInformation:
     mi: np.ndarray
     entropies: np.ndarray
 
+    def pair_angles(self) -> list[dict]:
+        return pair_angles(self.codes, self.factors[:, self.varying], self.names)
+
     def rotated_pairs(self) -> list[dict]:
-        return rotated_pairs(self.codes, self.factors[:, self.varying], self.names)
+        return [pair for pair in self.pair_angles() if pair["angle"] >= ROTATION_DEGREES]
 
 
 def code_factor_information(model: VAE, dataset: FactorDataset, n: int = MI_IMAGES, seed: int = 0
@@ -104,7 +108,12 @@ ROTATION_MIN_VALUES = 5
 
 
 def rotated_pairs(codes: np.ndarray, factors: np.ndarray, names: list[str]) -> list[dict]:
-    """Pairs of ordered factors that share two code dims at an angle to the dims' axes.
+    """The pairs of :func:`pair_angles` at ``ROTATION_DEGREES`` or more from the dims' axes."""
+    return [pair for pair in pair_angles(codes, factors, names) if pair["angle"] >= ROTATION_DEGREES]
+
+
+def pair_angles(codes: np.ndarray, factors: np.ndarray, names: list[str]) -> list[dict]:
+    """Every pair of ordered factors that two code dims follow linearly, with its angle to the dims' axes.
 
     ``codes`` ``(n, D)`` posterior means, ``factors`` ``(n, K)`` class indices named ``names``.
 
@@ -115,8 +124,8 @@ def rotated_pairs(codes: np.ndarray, factors: np.ndarray, names: list[str]) -> l
     because a dim's sign and the dims' order say nothing about disentanglement: 0° means each dim
     follows one factor, 45° that both dims follow both equally. The mutual information that MIG bins
     is no guide here: at small angles a factor's share in its second dim sinks into the estimator's
-    bias, though the first dim already lost much of it. A pair is returned when its angle is at least
-    ``ROTATION_DEGREES`` and ``B`` holds both factors (``ROTATION_MIN_BALANCE``), as
+    bias, though the first dim already lost much of it. A pair is returned when ``B`` holds both
+    factors (``ROTATION_MIN_BALANCE``), as
     ``{"factors": (name, name), "dims": (a, b), "angle": degrees, "r2": (r2_a, r2_b)}``.
     """
     n, dims_count = codes.shape
@@ -143,11 +152,9 @@ def rotated_pairs(codes: np.ndarray, factors: np.ndarray, names: list[str]) -> l
                 continue
             rotation = u @ vt  # orthogonal; a reflection (a dim's sign flipped) folds to the same angle below
             turn = float(np.degrees(np.arctan2(rotation[1, 0], rotation[0, 0]))) % 90.0
-            angle = min(turn, 90.0 - turn)
-            if angle >= ROTATION_DEGREES:
-                dims = (min(a, b), max(a, b))
-                found.append({"factors": (names[k], names[m]), "dims": dims, "angle": angle,
-                              "r2": (float(r2[dims[0]]), float(r2[dims[1]]))})
+            dims = (min(a, b), max(a, b))
+            found.append({"factors": (names[k], names[m]), "dims": dims, "angle": min(turn, 90.0 - turn),
+                          "r2": (float(r2[dims[0]]), float(r2[dims[1]]))})
     return found
 
 
