@@ -135,7 +135,11 @@ def test_unknown_dataset_and_unsupported_image_size(tmp_path, capsys):
     assert code == 2 and "square images of 32, 64, 128" in capsys.readouterr().err
 
 
-def test_demo_never_overwrites_an_earlier_demo(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("degrees, finding", [
+    (20.0, "In this run, f3 and f4 share z1 and z4, turned 20° from the dims' axes"),
+    (3.0, "This run has no pair of factors mixed at an angle of 10° or more."),
+])
+def test_demo_never_overwrites_an_earlier_demo(degrees, finding, tmp_path, monkeypatch, capsys):
     from betavae import cli
 
     calls, configs = [], []
@@ -146,8 +150,8 @@ def test_demo_never_overwrites_an_earlier_demo(tmp_path, monkeypatch, capsys):
     references = []
     monkeypatch.setattr("betavae.report.run_report",
                         lambda run, seed, reference=None: references.append(reference) or tmp_path / "report.html")
-    sizes = (3, 6, 40, 32, 32)  # the trained code: factors 3 and 4 (x and y) turned 20° in dims 1 and 4
-    monkeypatch.setattr("betavae.training.load", lambda run: TurnedEncoder(20.0, sizes))
+    sizes = (3, 6, 40, 32, 32)  # the trained code: factors 3 and 4 (x and y) turned in dims 1 and 4
+    monkeypatch.setattr("betavae.training.load", lambda run: TurnedEncoder(degrees, sizes))
     monkeypatch.setattr("betavae.cli.dataset_from_config", lambda config: FactorGrid(sizes))
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo-2").mkdir()
@@ -166,7 +170,7 @@ def test_demo_never_overwrites_an_earlier_demo(tmp_path, monkeypatch, capsys):
     mig = reference.summary_values(reference.evaluation(reference.DEMO_REFERENCE))["MIG"]
     assert f"{'MIG':<22}{0.1:>12.3f}{mig:>12.3f}" in out
     # what this run's code does with x and y, measured
-    assert "In this run, f3 and f4 share z1 and z4, turned 20° from the dims' axes" in out
+    assert finding in out
 
 
 def test_resume_refuses_other_settings(small_npy, tmp_path, capsys):

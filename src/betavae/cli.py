@@ -144,14 +144,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _rotations_found(run_dir: Path, config: TrainConfig) -> str:
     """What this run's code does with pairs of factors (``analysis.rotated_pairs``), as a sentence."""
     from betavae.data.base import FactorDataset
-    from betavae.report.analysis import code_factor_information, rotation_sentence
+    from betavae.report.analysis import ROTATION_DEGREES, code_factor_information, rotation_sentence
 
     dataset = dataset_from_config(config)
     if not isinstance(dataset, FactorDataset):
         return ""
     pairs = code_factor_information(training.load(run_dir).eval(), dataset, seed=0).rotated_pairs()
     if not pairs:
-        return "This run has no pair of factors mixed at an angle of 15° or more. "
+        return f"This run has no pair of factors mixed at an angle of {ROTATION_DEGREES:g}° or more. "
     return "In this run, " + "; ".join(rotation_sentence(p) for p in pairs) + ". "
 
 

@@ -60,7 +60,7 @@ class CodeFactorInformation:
         return pair_angles(self.codes, self.factors[:, self.varying], self.names)
 
     def rotated_pairs(self) -> list[dict]:
-        return [pair for pair in self.pair_angles() if pair["angle"] >= ROTATION_DEGREES]
+        return rotated_pairs(self.codes, self.factors[:, self.varying], self.names)
 
 
 def code_factor_information(model: VAE, dataset: FactorDataset, n: int = MI_IMAGES, seed: int = 0
@@ -96,8 +96,9 @@ def mean_code_by_factor(codes: np.ndarray, factors: np.ndarray, factor_sizes: tu
 
 
 #: A pair of factors spread over two code dims is reported when it sits at least this many degrees
-#: from the dims' axes (at 10°, each dim carries sin² 10° ≈ 3% of its variance from the other factor,
-#: and already much less of one factor's mutual information than an aligned dim would).
+#: from the dims' axes. At 10° each dim carries only sin² 10° ≈ 3% of its variance from the other
+#: factor, yet for a code of two 32-valued factors alone, binned as MIG bins it, a factor's share in
+#: its dim falls from 0.85 at 0° to 0.48 (0.39 at 16°, 0.16 at 42°).
 ROTATION_DEGREES = 10.0
 #: Each of the two dims must follow the two factors linearly with at least this R²,
 ROTATION_MIN_R2 = 0.5
