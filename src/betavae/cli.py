@@ -134,8 +134,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"A {args.steps:,}-step run ({args.steps * config.batch_size:,} images) learns position and scale, the first"
         f" structure a β-VAE finds on dSprites, but often mixes x and y across two dimensions: the β-VAE's KL is"
         f" the same for any rotation of them. {_rotations_found(run_dir, config)}β-TCVAE and FactorVAE penalise"
-        f" that mixing (betavae train --recipe fast-cpu); published models train for 300,000 steps. Train further with:"
-        f" betavae train --resume {run_dir} --steps 20000\n"
+        f" that mixing (betavae train --recipe fast-cpu); a β-VAE turns such a pair toward the axes only slowly"
+        f" (docs/recipes.md measures it), and published models train for 300,000 steps. Train further with:"
+        f" betavae train --resume {run_dir} --steps 40000\n"
         f"and evaluate every metric with: betavae evaluate {run_dir}",
     )
     return 0
