@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -145,14 +146,15 @@ def test_demo_never_overwrites_an_earlier_demo(degrees, finding, tmp_path, monke
     calls, configs = [], []
     monkeypatch.setattr("betavae.training.train",
                         lambda config: calls.append(config.out) or configs.append(config) or tmp_path)
-    record = {"metrics": {"mig": {"values": {"mig": 0.1}}}}
+    from betavae.metrics.run import factor_pairs
+
+    sizes = (3, 6, 40, 32, 32)  # the trained code: factors 3 and 4 (x and y) turned in dims 1 and 4
+    record = {"metrics": {"mig": {"values": {"mig": 0.1}}},
+              "factor_pairs": factor_pairs(TurnedEncoder(degrees, sizes), FactorGrid(sizes), seed=0)}
     monkeypatch.setattr("betavae.metrics.evaluate_run", lambda run, metrics, seed: record)
     references = []
     monkeypatch.setattr("betavae.report.run_report",
                         lambda run, seed, reference=None: references.append(reference) or tmp_path / "report.html")
-    sizes = (3, 6, 40, 32, 32)  # the trained code: factors 3 and 4 (x and y) turned in dims 1 and 4
-    monkeypatch.setattr("betavae.training.load", lambda run: TurnedEncoder(degrees, sizes))
-    monkeypatch.setattr("betavae.cli.dataset_from_config", lambda config: FactorGrid(sizes))
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo-2").mkdir()
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--steps", "5"]) == 0
@@ -195,7 +197,22 @@ def test_evaluate_prints_a_table_and_writes_the_file(small_npy, tmp_path, capsys
     code = main(["evaluate", str(run), "--metrics", "unsupervised"])
     out = capsys.readouterr().out
     assert code == 0 and "unsupervised" in out and (run / "evaluation.json").is_file()
+    assert "factor_pairs" not in json.loads((run / "evaluation.json").read_text())  # no factors, no pairs
+    assert "Pairs of factors" not in out
     code = main(["evaluate", str(run), "--metrics", "mig"])
     assert code == 2 and "factor" in capsys.readouterr().err  # MIG needs ground-truth factors
     code = main(["evaluate", str(run), "--metrics", "nonsense"])
     assert code == 2 and "unknown metric" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("degrees", [25.0, 3.0])
+def test_evaluate_prints_the_pairs_of_factors_and_their_angle(degrees):
+    from betavae.cli import _pairs_summary
+    from betavae.metrics.run import factor_pairs
+
+    sizes = (3, 6, 40, 32, 32)
+    record = {"factor_pairs": factor_pairs(TurnedEncoder(degrees, sizes), FactorGrid(sizes), seed=0)}
+    text = _pairs_summary(record)
+    assert f"  f3 and f4: z1 and z4, {degrees:.0f}°" in text
+    assert ("(turned)" in text) == (degrees >= 10) and ("MIG scores low" in text) == (degrees >= 10)
+    assert _pairs_summary({"factor_pairs": []}) == "" and _pairs_summary({}) == ""

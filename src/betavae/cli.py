@@ -133,7 +133,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ]) +
         f"A {args.steps:,}-step run ({args.steps * config.batch_size:,} images) learns position and scale, the first"
         f" structure a β-VAE finds on dSprites, but often mixes x and y across two dimensions: the β-VAE's KL is"
-        f" the same for any rotation of them. {_rotations_found(run_dir, config)}β-TCVAE and FactorVAE penalise"
+        f" the same for any rotation of them. {_rotations_found(record)}β-TCVAE and FactorVAE penalise"
         f" that mixing (betavae train --recipe fast-cpu); a β-VAE turns such a pair toward the axes only slowly"
         f" (docs/recipes.md measures it), and published models train for 300,000 steps. Train further with:"
         f" betavae train --resume {run_dir} --steps 40000\n"
@@ -142,15 +142,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rotations_found(run_dir: Path, config: TrainConfig) -> str:
-    """What this run's code does with pairs of factors (``analysis.rotated_pairs``), as a sentence."""
-    from betavae.data.base import FactorDataset
-    from betavae.report.analysis import ROTATION_DEGREES, code_factor_information, rotation_sentence
+def _rotations_found(record: dict) -> str:
+    """What the evaluated code does with pairs of factors (``factor_pairs`` of its evaluation), as a sentence."""
+    from betavae.report.analysis import ROTATION_DEGREES, rotation_sentence
 
-    dataset = dataset_from_config(config)
-    if not isinstance(dataset, FactorDataset):
+    if "factor_pairs" not in record:  # a dataset without factors
         return ""
-    pairs = code_factor_information(training.load(run_dir).eval(), dataset, seed=0).rotated_pairs()
+    pairs = [p for p in record["factor_pairs"] if p["turned"]]
     if not pairs:
         return f"This run has no pair of factors mixed at an angle of {ROTATION_DEGREES:g}° or more. "
     return "In this run, " + "; ".join(rotation_sentence(p) for p in pairs) + ". "
@@ -283,9 +281,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           representation=args.representation, device=args.device, progress=ProgressPrinter())
     print(f"betavae evaluate: {time.perf_counter() - started:.1f} s on {record['device']}", file=sys.stderr)
     print(format_table(record))
+    pairs = _pairs_summary(record)
+    print(f"\n{pairs}" if pairs else "", end="")
     print(f"\n{record['images_encoded']:,} distinct images encoded for {record['images_requested']:,} requested; "
           f"written to {Path(args.run) / EVALUATION_FILE}")
     return 0
+
+
+def _pairs_summary(record: dict) -> str:
+    """The ``factor_pairs`` of an evaluation record in lines: each pair of factors that two dims follow, with
+    its angle to the dims' axes, and why a turned pair lowers MIG (empty when the record has none)."""
+    from betavae.report.analysis import ROTATION_DEGREES
+
+    pairs = record.get("factor_pairs") or []
+    if not pairs:
+        return ""
+    lines = ["Pairs of factors that two dims follow (angle to the dims' axes; 0° = one factor per dim):"]
+    for p in pairs:
+        (f, g), (a, b) = p["factors"], p["dims"]
+        lines.append(f"  {f} and {g}: z{a} and z{b}, {p['angle']:.0f}°" + ("  (turned)" if p["turned"] else ""))
+    if any(p["turned"] for p in pairs):
+        lines.append(f"A pair turned {ROTATION_DEGREES:g}° or more spreads each factor over both dims, which MIG "
+                     f"scores low whatever the dims hold; docs/metrics.md says why.")
+    return "\n".join(lines) + "\n"
 
 
 def cmd_report(args: argparse.Namespace) -> int:

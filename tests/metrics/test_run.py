@@ -57,6 +57,24 @@ def test_evaluate_run_writes_a_complete_record(run_dir, model):
     assert {"betavae", "scikit-learn", "numpy", "torch"} <= set(record["versions"])
     assert "kl_total" in record["metrics"]["unsupervised"]["values"]  # the posterior came through
     assert "mig" in format_table(record)
+    # the pairs of factors two dims follow, as the report measures them, on the evaluation's seed
+    from betavae.metrics.run import factor_pairs
+
+    assert record["factor_pairs"] == factor_pairs(model, DSprites(), seed=2)
+
+
+@pytest.mark.parametrize("degrees", [0.0, 4.0, 25.0, 40.0])
+def test_factor_pairs_give_the_angle_of_a_turned_code(degrees):
+    from betavae.metrics.run import factor_pairs
+    from tests.metrics.conftest import FactorGrid
+    from tests.report.conftest import TurnedEncoder
+
+    sizes = (3, 6, 40, 32, 32)  # factors 3 and 4 turned by `degrees` in dims 1 and 4
+    (pair,) = [p for p in factor_pairs(TurnedEncoder(degrees, sizes), FactorGrid(sizes), seed=1)
+               if p["factors"] == ["f3", "f4"]]
+    assert pair["dims"] == [1, 4] and abs(pair["angle"] - degrees) < 1.5
+    assert pair["turned"] is (degrees >= 10) and min(pair["r2"]) > 0.9
+    assert json.loads(json.dumps(pair)) == pair  # stored as it is in evaluation.json
 
 
 def test_evaluation_tells_its_progress_and_the_printer_shows_it(run_dir):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import optuna
 import pytest
@@ -28,11 +29,14 @@ def test_sweep_writes_outputs_and_rerun_repeats_nothing(toy_npz, tmp_path, capsy
         assert t["state"] == "COMPLETE"
         assert len(t["kl_per_dim"]) == 3 and 0 <= t["active_dims"] <= 3
         assert t["reconstruction"] > 0 and "mig.mig" in t["metrics"] and "udr" in t["metrics"]
+        # the largest angle of a pair of factors in the trial's evaluation, beside its MIG
+        angles = [p["angle"] for p in json.loads((Path(t["run_dir"]) / "evaluation.json").read_text())["factor_pairs"]]
+        assert t["turn_degrees"] == (max(angles) if angles else None)
     assert [row["weight"] for row in summary["per_weight"]] == [1, 4]
     assert all(row["reconstruction"]["n"] == 2 for row in summary["per_weight"])
     assert all({"mig.mig", "udr"} <= set(row["metrics"]) for row in summary["per_weight"])  # every metric's spread
     rows = list(csv.DictReader((out / "summary.csv").open()))
-    assert len(rows) == 4 and {"reconstruction_nll", "kl", "active_dims", "mig.mig", "udr"} <= set(rows[0])
+    assert len(rows) == 4 and {"reconstruction_nll", "kl", "active_dims", "turn_degrees", "mig.mig", "udr"} <= set(rows[0])
     recommendation = json.loads((out / "recommendation.json").read_text())
     assert recommendation["weight"] in (1, 4) and recommendation["metric"] == "mig.mig" and recommendation["reason"]
     assert (out / "tradeoff.png").stat().st_size > 10_000

@@ -16,6 +16,7 @@ import torch
 import betavae
 from betavae.checks import check_seed
 from betavae.data import dataset_from_config
+from betavae.data.base import FactorDataset
 from betavae.errors import ConfigError
 from betavae.files import write_json_atomic
 from betavae.metrics.base import DEFAULT_BATCH_SIZE
@@ -118,8 +119,23 @@ def evaluate_run(run_dir: str | Path, metrics: str | Iterable[str] = "all", seed
         details = evaluate_with_details(encode, dataset, metrics, seed, batch_size=read_batch, params=params,
                                         progress=progress)
         record = _record(run_dir, config, dataset, seed, representation, details, str(encode.device))
+        if isinstance(dataset, FactorDataset):
+            record["factor_pairs"] = factor_pairs(model, dataset, seed)
         write_json_atomic(run_dir / EVALUATION_FILE, record)
     return record
+
+
+def factor_pairs(model: torch.nn.Module, dataset: FactorDataset, seed: int = 0) -> list[dict[str, Any]]:
+    """The pairs of ordered factors that two dims of ``model``'s mean code follow, each with its angle to the
+    dims' axes (:func:`betavae.report.analysis.pair_angles`, on ``MI_IMAGES`` images drawn with ``seed``):
+    ``[{"factors": [f, g], "dims": [a, b], "angle": degrees, "r2": [r2_a, r2_b], "turned": bool}]``, where
+    ``turned`` marks an angle of ``ROTATION_DEGREES`` or more, a pair that MIG scores low whatever its
+    dims hold."""
+    from betavae.report.analysis import ROTATION_DEGREES, code_factor_information
+
+    pairs = code_factor_information(model, dataset, seed=seed).pair_angles()
+    return [{"factors": list(p["factors"]), "dims": list(p["dims"]), "angle": round(p["angle"], 2),
+             "r2": [round(v, 4) for v in p["r2"]], "turned": bool(p["angle"] >= ROTATION_DEGREES)} for p in pairs]
 
 
 def _record(run_dir: Path, config: Any, dataset: Any, seed: int, representation: str, details: Any,

@@ -18,7 +18,7 @@ from betavae.sweep.outputs import TRADEOFF_FIGURE
 
 #: Trial keys that describe a trial rather than measure its disentanglement (never taken as the score).
 DESCRIPTIVE_KEYS = ("weight", "beta", "seed", "trial", "name", "state", "run_dir", "reconstruction", "kl", "active_dims",
-                    "seconds", "error")
+                    "turn_degrees", "seconds", "error")
 #: Trial keys too long or too internal for the table.
 HIDDEN_KEYS = ("udr_codes", "udr_kl_per_dim", "metrics")
 

@@ -65,6 +65,14 @@ def flatten_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
+def turn_degrees(evaluation: dict[str, Any]) -> float | None:
+    """The largest angle between a pair of factors and the two dims that follow them (the record's
+    ``factor_pairs``, docs/metrics.md): what explains a low MIG of dims that hold their factors.
+    None without a pair (or without factors)."""
+    angles = [float(p["angle"]) for p in evaluation.get("factor_pairs") or []]
+    return max(angles) if angles else None
+
+
 def run_trials(spec: SweepSpec, points: list[tuple[float, int]], log_paths: list[Path],
                phases: list[TrialPhase] | None = None) -> list[dict[str, Any] | Exception]:
     """Train and evaluate several trials; per trial its record or the error that stopped it.
@@ -137,6 +145,7 @@ def evaluate_trial(spec: SweepSpec, run_dir: Path, progress: Progress | None = N
         "kl": float(diagnosis["kl"]),
         "kl_per_dim": [float(v) for v in diagnosis["kl_per_dim"]],
         "active_dims": int(len(diagnosis["active_dims"])),
+        "turn_degrees": turn_degrees(evaluation),
         "metrics": {k: (v if math.isfinite(v) else None) for k, v in flatten_metrics(evaluation).items()},
         "udr_codes": encode_array(mu),
         "udr_kl_per_dim": [float(v) for v in kl],
