@@ -77,6 +77,29 @@ def test_learning_rate_schedules():
     assert cosine.learning_rate(250) == pytest.approx(0.0, abs=1e-18)  # past --steps it stays at 0
     with pytest.raises(ConfigError, match="unknown lr_schedule 'step'; choose one of: constant, cosine"):
         betavae.TrainConfig(lr_schedule="step").validate()
+    # the decay over the last fifth only: held at --lr for 80 steps, then the same half cosine over 20
+    tail = betavae.TrainConfig(lr=1e-3, steps=100, lr_schedule="cosine", lr_decay_fraction=0.2)
+    assert [tail.learning_rate(s) for s in (0, 40, 79, 80)] == [1e-3] * 4
+    assert tail.learning_rate(90) == pytest.approx(5e-4, rel=1e-12)  # half-way through the decay
+    assert tail.learning_rate(85) == pytest.approx(0.5e-3 * (1 + 2**-0.5), rel=1e-12)
+    assert tail.learning_rate(100) == pytest.approx(0.0, abs=1e-18) and tail.learning_rate(300) == pytest.approx(0.0, abs=1e-18)
+    whole = betavae.TrainConfig(lr=1e-3, steps=100, lr_schedule="cosine", lr_decay_fraction=1.0)
+    assert [whole.learning_rate(s) for s in range(101)] == [cosine.learning_rate(s) for s in range(101)]
+    for bad in (0.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(ConfigError, match=r"lr_decay_fraction must be in \(0, 1\]"):
+            betavae.TrainConfig(lr_schedule="cosine", lr_decay_fraction=bad).validate()
+    with pytest.raises(ConfigError, match="--lr-decay-fraction applies to --lr-schedule cosine only"):
+        betavae.TrainConfig(lr_decay_fraction=0.2).validate()
+    # a linear warm-up scales either schedule over its first steps, then leaves it as it was
+    warm = betavae.TrainConfig(lr=1e-3, steps=100, lr_schedule="cosine", lr_decay_fraction=0.2, lr_warmup_steps=10)
+    assert [warm.learning_rate(s) for s in (0, 4, 9)] == pytest.approx([1e-4, 5e-4, 1e-3], rel=1e-12)
+    assert [warm.learning_rate(s) for s in range(10, 101)] == [tail.learning_rate(s) for s in range(10, 101)]
+    warm_constant = betavae.TrainConfig(lr=1e-3, steps=100, lr_warmup_steps=4)
+    assert [warm_constant.learning_rate(s) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    with pytest.raises(ConfigError, match=r"lr_warmup_steps must be a whole number >= 0 \(0: no warm-up\), got -1"):
+        betavae.TrainConfig(steps=100, lr_warmup_steps=-1).validate()
+    short = betavae.TrainConfig(lr=1e-3, steps=2, lr_warmup_steps=4)  # a run shorter than its warm-up
+    assert short.validate() is short and short.learning_rate(1) == pytest.approx(5e-4)
 
 
 def _resumed_from_step(straight, step, copy):

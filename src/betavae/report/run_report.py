@@ -170,7 +170,7 @@ def _config_section(config: TrainConfig, dataset: ImageDataset | None, history: 
         ("Data", _data_words(config, dataset)),
         ("Model", f"{esc(config.arch)} encoder and decoder, {config.latents} latent dims, {esc(likelihood)} likelihood"),
         ("Optimisation", f"{config.steps:,} steps of {config.batch_size} images, Adam, learning rate {config.lr:g}"
-                         + (" with cosine decay to 0" if config.lr_schedule == "cosine" else "")
+                         + _decay_words(config)
                          + f", seed {config.seed}"),
     ]
     if history:
@@ -436,6 +436,15 @@ def _run_values(run_dir: Path, diagnosis: dict[str, Any] | None) -> list[Any]:
         cells.append(f"{value:.{1 if key == 'reconstruction' else 3}f}" if isinstance(value, (int, float))
                      else "not trained yet" if key == "reconstruction" else "not evaluated")
     return cells
+
+
+def _decay_words(config: TrainConfig) -> str:
+    """How the learning rate falls, in words (empty for a constant one)."""
+    if config.lr_schedule != "cosine":
+        return ""
+    if config.lr_decay_fraction == 1:
+        return " with cosine decay to 0"
+    return f" held for the first {1 - config.lr_decay_fraction:.0%} of the steps, then cosine decay to 0"
 
 
 def _where_it_sits(ours: float, weights: list[float], chosen: float | None, symbol: str) -> str:

@@ -106,6 +106,12 @@ class TrainConfig:
     lr_schedule: str = _opt("constant", "how the learning rate moves over --steps: constant, or cosine (from --lr down "
                                         "to 0 at --steps along half a cosine; Loshchilov & Hutter 2017)",
                             choices=LR_SCHEDULES)
+    lr_decay_fraction: float = _opt(1.0, "cosine schedule: the last fraction of --steps over which the rate falls; "
+                                         "--lr is held before it (1: decay over the whole run; 0.2: held for the first "
+                                         "four fifths of the steps, then half a cosine down to 0)")
+    lr_warmup_steps: int = _opt(0, "steps over which the learning rate first grows linearly from --lr / N to the "
+                                   "schedule's rate (Goyal et al. 2017), so that early large steps do not press "
+                                   "every posterior onto the prior; 0: no warm-up")
     seed: int = _opt(0, "random seed (weights, batches and sampling noise)")
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     precision: str = _opt("auto", "arithmetic of the model's forward and backward passes: auto (bf16 autocast on CUDA "
@@ -126,9 +132,18 @@ class TrainConfig:
     figures: bool = _opt(True, "draw figures at the end of training (--no-figures to skip)")
 
     def learning_rate(self, step: int) -> float:
-        """Adam's learning rate for the update of 0-based ``step``, as ``lr_schedule`` says."""
+        """Adam's learning rate for the update of 0-based ``step``, as ``lr_schedule`` says, scaled by
+        ``(step + 1) / lr_warmup_steps`` during the warm-up."""
+        if step < self.lr_warmup_steps:
+            return self._scheduled_rate(step) * (step + 1) / self.lr_warmup_steps
+        return self._scheduled_rate(step)
+
+    def _scheduled_rate(self, step: int) -> float:
         if self.lr_schedule == "cosine":
-            return 0.5 * self.lr * (1.0 + math.cos(math.pi * min(step, self.steps) / self.steps))
+            held = self.steps * (1.0 - self.lr_decay_fraction)  # steps at the full rate before the decay
+            if step <= held:
+                return self.lr
+            return 0.5 * self.lr * (1.0 + math.cos(math.pi * (min(step, self.steps) - held) / (self.steps - held)))
         return self.lr
 
     def run_dir(self) -> Path:
@@ -150,6 +165,8 @@ class TrainConfig:
         _positive_int(self, "latents", "steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
                       "beta_warmup_steps", "beta_cycles", "capacity_steps", "discriminator_width",
                       "discriminator_layers")
+        if self.lr_warmup_steps < 0:
+            raise ConfigError(f"lr_warmup_steps must be a whole number >= 0 (0: no warm-up), got {self.lr_warmup_steps}.")
         if self.tc_memory < 0:  # (its type is checked with every field's)
             raise ConfigError(f"tc_memory must be a whole number >= 0 (0: no memory), got {self.tc_memory!r}.")
         if self.tc_memory and self.objective != "tc":
@@ -167,6 +184,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}.")
+        if not 0 < self.lr_decay_fraction <= 1:
+            raise ConfigError(f"lr_decay_fraction must be in (0, 1], got {self.lr_decay_fraction!r}; 1 decays over the "
+                              f"whole run, 0.2 over its last fifth.")
+        if self.lr_decay_fraction != 1 and self.lr_schedule != "cosine":
+            raise ConfigError(f"--lr-decay-fraction applies to --lr-schedule cosine only; drop it or add "
+                              f"--lr-schedule cosine.")
         if not 0 < self.beta_cycle_ratio <= 1:
             raise ConfigError(f"beta_cycle_ratio must be in (0, 1], got {self.beta_cycle_ratio!r}; 0.5 ramps β over half of each cycle.")
         if self.beta_schedule != "constant" and self.objective != "beta":
