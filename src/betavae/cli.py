@@ -132,11 +132,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             (EVALUATION_FILE, "the metrics with their parameters"),
         ]) +
         f"A {args.steps:,}-step run ({args.steps * config.batch_size:,} images) learns position and scale, the first"
-        f" structure a β-VAE finds on dSprites, but often mixes x and y across two dimensions: the β-VAE's KL is"
-        f" the same for any rotation of them. {_rotations_found(record)}β-TCVAE and FactorVAE penalise"
-        f" that mixing (betavae train --recipe fast-cpu); a β-VAE turns such a pair toward the axes only slowly"
-        f" (docs/recipes.md measures it), and published models train for 300,000 steps. Train further with:"
-        f" betavae train --resume {run_dir} --steps 40000\n"
+        f" structure a β-VAE finds on dSprites. The β-VAE's KL is the same for any rotation of x and y, so only the"
+        f" noise of its codes turns them onto the dims' axes; {DEMO_RECIPE} speeds that with a large β and a"
+        f" learning rate held high until its last fifth (docs/recipes.md). {_rotations_found(record)}Shape and"
+        f" orientation need far longer training (published models: 300,000 steps) or a total-correlation objective"
+        f" (betavae train --recipe factor-cpu). Train further with: betavae train --resume {run_dir} --steps 20000\n"
         f"and evaluate every metric with: betavae evaluate {run_dir}",
     )
     return 0
