@@ -55,8 +55,8 @@ def trial_rows(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for t in trials:
         row = {"weight": t["weight"], "seed": t["seed"], "state": t["state"], "trial": t.get("trial"),
                "reconstruction_nll": t.get("reconstruction"), "kl": t.get("kl"), "active_dims": t.get("active_dims"),
-               "turn_degrees": t.get("turn_degrees"), "kl_per_dim": " ".join(f"{v:.4g}" for v in t.get("kl_per_dim", [])), "run_dir": t.get("run_dir", ""),
-               "seconds": t.get("seconds")}
+               "turn_degrees": t.get("turn_degrees"), "kl_per_dim": " ".join(f"{v:.4g}" for v in t.get("kl_per_dim", [])),
+               "run_dir": t.get("run_dir", ""), "seconds": t.get("seconds")}
         for name in names:
             row[name] = t.get("metrics", {}).get(name)
         row["error"] = t.get("error", "")

@@ -58,7 +58,8 @@ from betavae.training.loop import (Member, SilentLog, TrainingForward, finish, i
 #: shape, the one optimizer and when the group stops. Everything else (objective and its weights, likelihood, seed,
 #: logging and checkpoint intervals, figures, out) may differ from member to member.
 SHARED_FIELDS = ("dataset", "data", "image_size", "factors", "allow_subset", "skip_bad", "arch", "width", "latents",
-                 "batch_size", "lr", "lr_schedule", "lr_decay_fraction", "lr_warmup_steps", "steps", "time_limit", "device", "precision")
+                 "batch_size", "lr", "lr_schedule", "lr_decay_fraction", "lr_warmup_steps", "steps", "time_limit", "device",
+                 "precision")
 
 
 def check_group(configs: Sequence[TrainConfig]) -> None:

@@ -50,8 +50,8 @@ RECIPES: dict[str, Recipe] = {
             "500 steps, lr 3e-3 held to step 4,000, then cosine decay, batch 64, 5,000 steps: the demo's; "
             "turns x and y onto the axes within its 5,000 steps (docs/recipes.md)",
             {"objective": "beta", "beta": 16.0, "width": 16, "decoder_init": "data", "beta_schedule": "linear",
-             "beta_warmup_steps": 500, "lr": 3e-3, "lr_schedule": "cosine", "lr_decay_fraction": 0.2, "batch_size": 64,
-             "steps": 5000},
+             "beta_warmup_steps": 500, "lr": 3e-3, "lr_schedule": "cosine", "lr_decay_fraction": 0.2,
+             "batch_size": 64, "steps": 5000},
         ),
         Recipe(
             "beta4",
