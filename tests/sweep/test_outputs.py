@@ -15,20 +15,20 @@ from betavae.sweep.recommend import aggregate
 MIG, FACTOR = "mig.mig", "factor_vae_score.eval_accuracy"
 
 
-def trial(weight, seed, recon, metrics, state="COMPLETE"):
+def trial(weight, seed, recon, metrics, state="COMPLETE", turn=None):
     return {"weight": weight, "seed": seed, "state": state, "reconstruction": recon, "kl": 10.0 / weight,
-            "active_dims": 4, "kl_per_dim": [1.0, 0.0], "metrics": metrics}
+            "active_dims": 4, "kl_per_dim": [1.0, 0.0], "metrics": metrics, "turn_degrees": turn}
 
 
 def study_trials():
     """β 1 and 4, three seeds each, with values whose means and standard deviations are known."""
     return [
-        trial(1, 0, 30.0, {MIG: 0.1, FACTOR: 0.5, "udr": 0.2}),
-        trial(1, 1, 32.0, {MIG: 0.2, FACTOR: 0.6, "udr": 0.2}),
-        trial(1, 2, 34.0, {MIG: 0.3, FACTOR: 0.7, "udr": 0.2}),
-        trial(4, 0, 40.0, {MIG: 0.4, FACTOR: 0.8, "udr": 0.5}),
+        trial(1, 0, 30.0, {MIG: 0.1, FACTOR: 0.5, "udr": 0.2}, turn=30.0),
+        trial(1, 1, 32.0, {MIG: 0.2, FACTOR: 0.6, "udr": 0.2}, turn=20.0),
+        trial(1, 2, 34.0, {MIG: 0.3, FACTOR: 0.7, "udr": 0.2}, turn=10.0),
+        trial(4, 0, 40.0, {MIG: 0.4, FACTOR: 0.8, "udr": 0.5}, turn=None),  # no pair of factors
         trial(4, 1, 44.0, {MIG: math.nan, FACTOR: 0.9, "udr": 0.5}),  # an undefined MIG is left out
-        trial(4, 2, None, {}, state="FAIL"),  # a failed trial counts only as failed
+        trial(4, 2, None, {}, state="FAIL", turn=40.0),  # a failed trial counts only as failed
     ]
 
 
@@ -45,6 +45,9 @@ def test_per_weight_spread_of_every_metric_value():
     assert high["metrics"][FACTOR]["mean"] == pytest.approx(0.85)
     assert high["metrics"][FACTOR]["std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
     assert high["reconstruction"]["mean"] == pytest.approx(42.0)
+    # the turn's spread is over the seeds with a pair of factors; a failed trial's is in none
+    assert low["turn_degrees"] == pytest.approx({"mean": 20.0, "std": 10.0, "min": 10.0, "max": 30.0, "n": 3})
+    assert high["turn_degrees"]["n"] == 0 and math.isnan(high["turn_degrees"]["mean"])
     # the ranking metric keeps its own key, as before
     assert low["metric"] == low["metrics"][MIG] and high["metric"] == high["metrics"][MIG]
 
@@ -54,7 +57,8 @@ def test_summary_json_carries_every_metric_per_weight(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["metric"] == FACTOR and len(summary["trials"]) == 6
     low, high = summary["per_weight"]
-    for key in ("weight", "seeds", "completed", "failed", "reconstruction", "kl", "active_dims", "metric", "metrics"):
+    for key in ("weight", "seeds", "completed", "failed", "reconstruction", "kl", "active_dims", "turn_degrees", "metric",
+                "metrics"):
         assert key in low
     assert low["metric"]["mean"] == pytest.approx(0.6)  # the ranking metric is FactorVAE here
     assert low["metrics"][MIG]["mean"] == pytest.approx(0.2) and low["metrics"]["udr"]["n"] == 3

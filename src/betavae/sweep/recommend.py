@@ -40,9 +40,10 @@ def metric_names(trials: Iterable[Mapping[str, Any]]) -> list[str]:
 
 def aggregate(trials: list[Mapping[str, Any]], metric: str) -> list[dict[str, Any]]:
     """One row per weight (ascending): mean, std, min, max and count (``n``) over seeds of
-    reconstruction, KL, active dims and ``metric`` (the ranking metric, under ``metric``), and of every
-    metric value the trials carry (under ``metrics``, by name); trials that did not complete count in
-    ``failed``. ``std`` is the sample standard deviation (0 for one seed)."""
+    reconstruction, KL, active dims, ``turn_degrees`` (over the seeds whose codes have a pair of factors)
+    and ``metric`` (the ranking metric, under ``metric``), and of every metric value the trials carry
+    (under ``metrics``, by name); trials that did not complete count in ``failed``. ``std`` is the sample
+    standard deviation (0 for one seed)."""
     names = metric_names(trials)
     rows = []
     for weight in sorted({float(t["weight"]) for t in trials}):
@@ -56,6 +57,7 @@ def aggregate(trials: list[Mapping[str, Any]], metric: str) -> list[dict[str, An
             "reconstruction": _stats(t.get("reconstruction") for t in done),
             "kl": _stats(t.get("kl") for t in done),
             "active_dims": _stats(t.get("active_dims") for t in done),
+            "turn_degrees": _stats(t.get("turn_degrees") for t in done),
             "metric": _stats((t.get("metrics") or {}).get(metric, math.nan) for t in done),
             "metrics": {name: _stats((t.get("metrics") or {}).get(name) for t in done) for name in names},
         })
