@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from betavae.training.logging import read_metrics
+
 #: name -> (recipe, flags that win over it)
 MODELS: dict[str, tuple[str, list[str]]] = {
     "beta1": ("dlib-beta", ["--beta", "1"]),
@@ -157,8 +159,8 @@ def evaluate_all(args: argparse.Namespace, out: Path, names: list[str]) -> dict[
 
 
 def last_log(run: Path) -> dict[str, Any]:
-    path = run / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    """The run's last logged interval, or {} when it logged none."""
+    records = read_metrics(run) if (run / "metrics.jsonl").exists() else []
     return records[-1] if records else {}
 
 
