@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from betavae.reference import summary_values
 from betavae.training.logging import read_metrics
 
 #: name -> (recipe, flags that win over it)
@@ -63,14 +64,9 @@ PUBLISHED: dict[str, dict[str, tuple[str, str]]] = {
                "dci": ("0.70-0.74", "Lin et al. 2020 Table 1")},
 }
 
-#: table column -> (metric family, value) in evaluation.json
-SCORES = {
-    "beta_vae": ("beta_vae_score", "eval_accuracy"),
-    "factor_vae": ("factor_vae_score", "eval_accuracy"),
-    "mig": ("mig", "mig"),
-    "sap": ("sap", "sap"),
-    "dci": ("dci", "disentanglement"),
-}
+#: table column -> the headline value's name in ``betavae.reference.summary_values``
+SCORES = {"beta_vae": "BetaVAE score", "factor_vae": "FactorVAE score", "mig": "MIG", "sap": "SAP",
+          "dci": "DCI disentanglement"}
 
 
 def say(text: str) -> None:
@@ -181,9 +177,8 @@ def summarise(args: argparse.Namespace, out: Path, trained: dict[str, dict[str, 
         }
         record_path = run / "evaluation.json"
         if record_path.exists():
-            record = json.loads(record_path.read_text())
-            for column, (family, key) in SCORES.items():
-                row[column] = record["metrics"].get(family, {}).get("values", {}).get(key)
+            values = summary_values(json.loads(record_path.read_text()))
+            row.update({column: values.get(label) for column, label in SCORES.items()})
         row["published"] = {k: {"value": v, "source": s} for k, (v, s) in PUBLISHED.get(name, {}).items()}
         rows.append(row)
     return rows
@@ -204,8 +199,7 @@ def print_table(rows: list[dict[str, Any]], device: str) -> None:
     print("\npublished beside them:")
     for row in rows:
         for metric, entry in row["published"].items():
-            ours = row.get(metric) if metric != "elbo" else row.get("elbo")
-            print(f"  {row['model']:8s} {metric:10s} ours {num(ours):>8s}   published {entry['value']:>9s}  "
+            print(f"  {row['model']:8s} {metric:10s} ours {num(row.get(metric)):>8s}   published {entry['value']:>9s}  "
                   f"({entry['source']})")
 
 
