@@ -434,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    training.flush_denormals()  # before any parallel work, so that every CPU worker thread has it
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -79,6 +79,28 @@ def test_high_kl_says_beta_too_low():
     assert episode["ongoing"] and "from step 300 until the end (step 800)" in episode["text"]
 
 
+def test_high_kl_of_a_factor_vae_does_not_blame_gamma():
+    """FactorVAE keeps weight 1 on the KL: a KL above log N is not a sign that γ is too low, live, at the end
+    and in the episodes replayed by the report."""
+    from betavae.objectives.factor_vae import FactorVAE
+    from betavae.report.run_report import run_episodes_of
+
+    objective = FactorVAE(latents=3, gamma=40.0)
+    settings = {**SETTINGS, "weight": objective.weight_label(), "dataset_size": 1000,
+                "kl_high_advice": objective.kl_high_advice()}
+    records = [_record(s, [10.0, 10.0, 10.0], 50.0) for s in range(100, 801, 100)]
+    (event,) = [e for _, e in _events(LiveDiagnosis(**settings), records)]
+    diagnosis = diagnose_run(records, **settings)
+    (finding,) = [f for f in diagnosis["findings"] if f["code"] == "beta_too_low"]
+    replayed = run_episodes_of(json.loads(json.dumps(diagnosis)), records)
+    for text in (event["message"], finding["text"], diagnosis["episodes"][0]["text"], replayed[0]["text"]):
+        assert "weighs the KL by 1" in text and "not that γ is too low" in text
+        assert "may be too low" not in text
+    # without the objective's advice, the weight named is the one blamed (the β-VAE's wording)
+    plain = diagnose_run(records, **{**settings, "kl_high_advice": None})
+    assert "γ = 40 may be too low" in plain["episodes"][0]["text"]
+
+
 def test_a_dim_that_collapses_after_being_active_is_an_event_and_an_episode():
     def kl(step):
         return [2.0, 2.0, 0.01 if 600 <= step <= 900 else 1.0]

@@ -79,6 +79,14 @@ class Objective(nn.Module):
         """The objective's main regularisation weight in words (e.g. "β = 4"), for messages."""
         return ""
 
+    def kl_high_advice(self) -> str:
+        """What a KL above log N says of this objective's settings, for the diagnosis (a clause, no full stop).
+
+        The default names :meth:`weight_label` as too low; objectives whose weight does not press the whole KL
+        (FactorVAE, β-TCVAE, DIP-VAE, the capacity schedule) say what does.
+        """
+        return f"{self.weight_label()} may be too low to press the latents toward independent factors"
+
     def update_auxiliary(self, output: VAEOutput, x: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         """Train the objective's own networks after the VAE step; returns extra logs."""
         return {}

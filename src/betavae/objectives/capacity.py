@@ -37,6 +37,11 @@ class CapacityVAE(Objective):
     def weight_label(self) -> str:
         return f"γ = {self.gamma:g}, C 0 → {self.capacity_max:g} nats over {self.capacity_steps} steps"
 
+    def kl_high_advice(self) -> str:
+        return (f"the capacity schedule holds the KL near its target C, up to C_max = {self.capacity_max:g} nats: "
+                "a C_max above log N leads it there (lower --capacity-max), and otherwise "
+                f"γ = {self.gamma:g} may be too low to hold the KL to C")
+
     def capacity_at(self, step: int) -> float:
         """The target KL C (nats) at ``step``: min(C_max, C_max · step / capacity_steps)."""
         return min(self.capacity_max, self.capacity_max * step / self.capacity_steps)

@@ -60,6 +60,11 @@ class DIPVAE(Objective):
     def weight_label(self) -> str:
         return f"λ_od = {self.lambda_od:g}, λ_d = {self.lambda_d:g}"
 
+    def kl_high_advice(self) -> str:
+        return (f"DIP-VAE weighs the KL by 1, as a plain VAE does ({self.weight_label()} press the covariance of "
+                "the codes only), so it is usual for its KL to stay there; it says the codes are more precise "
+                "than telling the images apart needs, not that λ is too low")
+
     def covariance(self, output: VAEOutput) -> torch.Tensor:
         """The covariance this type presses toward the identity, ``(D, D)``."""
         raise NotImplementedError

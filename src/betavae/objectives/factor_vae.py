@@ -101,6 +101,11 @@ class FactorVAE(Objective):
     def weight_label(self) -> str:
         return f"γ = {self.gamma:g}"
 
+    def kl_high_advice(self) -> str:
+        return (f"FactorVAE weighs the KL by 1, as a plain VAE does (γ = {self.gamma:g} weighs the total correlation "
+                "only), so it is usual for its KL to stay there; it says the codes are more precise than telling "
+                "the images apart needs, not that γ is too low")
+
     @contextmanager
     def _frozen_discriminator(self) -> Iterator[None]:
         """Graphs built inside carry no gradient to the discriminator's parameters."""

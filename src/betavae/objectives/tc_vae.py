@@ -232,6 +232,11 @@ class BetaTCVAE(Objective):
         memory = f", memory of {self.memory:,}" if self.memory else ""
         return f"α = {self.alpha:g}, β = {self.beta:g}, γ = {self.gamma:g} ({self.estimator}{memory})"
 
+    def kl_high_advice(self) -> str:
+        return (f"β = {self.beta:g} presses only the total correlation part of the KL; the mutual information and "
+                f"the dimension-wise KL, weighed by α = {self.alpha:g} and γ = {self.gamma:g}, make the rest, so a "
+                "larger α or γ lowers such a KL more than a larger β")
+
     def regulariser(self, output: VAEOutput, kl: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         memory_mu = memory_logvar = None
         if self.memory_filled:

@@ -198,7 +198,8 @@ def run_episodes_of(diagnosis: dict[str, Any], history: list[dict[str, Any]]) ->
     try:
         size = int(diagnosis.get("dataset_size") or round(math.exp(diagnosis["kl_ceiling_log_n"])))
         return run_episodes(history, diagnosis.get("weight", ""), diagnosis["collapse_threshold"],
-                            diagnosis["baseline_reconstruction"], size)
+                            diagnosis["baseline_reconstruction"], size,
+                            kl_high_advice=diagnosis.get("kl_high_advice") or None)
     except (KeyError, TypeError, ValueError, OverflowError):
         return _recorded_episodes(diagnosis)
 

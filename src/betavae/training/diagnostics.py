@@ -66,11 +66,15 @@ def diagnose(
     collapse_threshold: float,
     baseline_reconstruction: float,
     dataset_size: int,
+    kl_high_advice: str | None = None,
 ) -> dict[str, Any]:
     """A diagnosis of the run from its last logged ``record``: findings in words, and their numbers.
 
-    ``weight`` names the objective's regularisation weight (e.g. "β = 4") for the messages.
+    ``weight`` names the objective's regularisation weight (e.g. "β = 4") for the messages;
+    ``kl_high_advice`` (the objective's :meth:`~betavae.objectives.base.Objective.kl_high_advice`) says what
+    a KL above log N means of its settings (default: that ``weight`` may be too low).
     """
+    advice = kl_high_advice or _default_kl_high_advice(weight)
     kl_per_dim = [float(v) for v in record["kl_per_dim"]]
     kl = float(record["kl"])
     reconstruction = float(record["reconstruction"])
@@ -105,7 +109,7 @@ def diagnose(
             "code": "beta_too_low",
             "text": (
                 f"KL stays high ({kl:.3g} nats, above log N = {kl_ceiling:.3g} nats for {dataset_size} distinct "
-                f"images): {weight} may be too low to press the latents toward independent factors."
+                f"images): {advice}."
             ),
         })
     tc = record.get("total_correlation")
@@ -143,6 +147,7 @@ def diagnose(
     return {
         "step": int(record["step"]),
         "weight": weight,
+        "kl_high_advice": advice,
         "reconstruction": reconstruction,
         "baseline_reconstruction": baseline_reconstruction,
         "reconstruction_gain": gain,
@@ -155,6 +160,10 @@ def diagnose(
         "active_dims": active,
         "findings": findings,
     }
+
+
+def _default_kl_high_advice(weight: str) -> str:
+    return f"{weight} may be too low to press the latents toward independent factors"
 
 
 def format_diagnosis(diagnosis: dict[str, Any]) -> str:
@@ -232,10 +241,11 @@ class LiveDiagnosis:
     """
 
     def __init__(self, weight: str, collapse_threshold: float, baseline_reconstruction: float, dataset_size: int,
-                 persistence: int = PERSISTENCE):
+                 persistence: int = PERSISTENCE, kl_high_advice: str | None = None):
         if persistence < 1:
             raise ValueError(f"persistence must be at least 1 record, got {persistence}")
         self.weight = weight
+        self.kl_high_advice = kl_high_advice or _default_kl_high_advice(weight)
         self.collapse_threshold = collapse_threshold
         self.baseline_reconstruction = baseline_reconstruction
         self.dataset_size = dataset_size
@@ -321,8 +331,7 @@ class LiveDiagnosis:
         if self._latches["kl_high"].state:
             self._open["kl_high"] = began
             return {"kind": "kl_high", "state": "started", "step": began, "message": (
-                f"KL high since step {began}: {kl:.3g} nats, above {ceiling}: {self.weight} may be too low to "
-                "press the latents toward independent factors.")}
+                f"KL high since step {began}: {kl:.3g} nats, above {ceiling}: {self.kl_high_advice}.")}
         start = self._end("kl_high", "kl_high", last)
         return {"kind": "kl_high", "state": "ended", "step": began, "episode_start": start, "message": (
             f"KL back below log N since step {began} (now {kl:.3g} nats); it was above {ceiling} "
@@ -380,7 +389,7 @@ class LiveDiagnosis:
             return f"{head} {tail}."
         if e["kind"] == "kl_high":
             head = f"KL high (above log N = {self.kl_ceiling:.3g} nats; highest {max(kls):.3g} nats)"
-            tail = (f"from step {e['start']} until the end (step {e['end']}): {self.weight} may be too low"
+            tail = (f"from step {e['start']} until the end (step {e['end']}): {self.kl_high_advice}"
                     if e["ongoing"] else f"{_span(e['start'], e['end'])}, then fell below log N")
             return f"{head} {tail}."
         dims = f"Latent {'dim' if len(e['dims']) == 1 else 'dims'} {_dims(e['dims'])}"
@@ -408,21 +417,26 @@ def _group_dims(episodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run_episodes(history: list[dict[str, Any]], weight: str, collapse_threshold: float,
-                 baseline_reconstruction: float, dataset_size: int, persistence: int = PERSISTENCE) -> list[dict[str, Any]]:
+                 baseline_reconstruction: float, dataset_size: int, persistence: int = PERSISTENCE,
+                 kl_high_advice: str | None = None) -> list[dict[str, Any]]:
     """The episodes of a whole run, found by replaying :class:`LiveDiagnosis` over its logged records.
 
     The records themselves are the source (not the events logged with them), so runs logged before
     events existed, and resumed runs (whose ``metrics.jsonl`` holds every step), are described alike.
     """
-    monitor = LiveDiagnosis(weight, collapse_threshold, baseline_reconstruction, dataset_size, persistence)
+    monitor = LiveDiagnosis(weight, collapse_threshold, baseline_reconstruction, dataset_size, persistence,
+                            kl_high_advice)
     for record in history:
         monitor.observe(record)
     return monitor.episodes()
 
 
 def diagnose_run(history: list[dict[str, Any]], weight: str, collapse_threshold: float,
-                 baseline_reconstruction: float, dataset_size: int) -> dict[str, Any]:
+                 baseline_reconstruction: float, dataset_size: int,
+                 kl_high_advice: str | None = None) -> dict[str, Any]:
     """:func:`diagnose` of the last record, with ``episodes``: what happened over the whole run."""
-    diagnosis = diagnose(history[-1], weight, collapse_threshold, baseline_reconstruction, dataset_size)
-    diagnosis["episodes"] = run_episodes(history, weight, collapse_threshold, baseline_reconstruction, dataset_size)
+    diagnosis = diagnose(history[-1], weight, collapse_threshold, baseline_reconstruction, dataset_size,
+                         kl_high_advice)
+    diagnosis["episodes"] = run_episodes(history, weight, collapse_threshold, baseline_reconstruction, dataset_size,
+                                         kl_high_advice=kl_high_advice)
     return diagnosis

@@ -70,8 +70,28 @@ def _check_compile(config: TrainConfig, device: torch.device) -> None:
                           f"{device}; use --compile on (or off) there.")
 
 
+def flush_denormals() -> bool:
+    """Treat subnormal floats (magnitudes below 1.2e-38) as zero in CPU arithmetic, from now on; False where
+    the CPU cannot.
+
+    On x86, arithmetic on subnormal numbers is many times slower than on normal ones, and training makes
+    them: Adam's first moment of a weight whose gradient has vanished shrinks by β1 = 0.9 a step into
+    that range and stays there. On the disentanglement_lib net (FactorVAE, 2-core CPU), 92,000 subnormal
+    moments had built up after 30 minutes and the rate had fallen from about 850 to 560 images/s; the
+    same checkpoint trains at about 790 with them flushed (``benchmarks/cpu_denormals.py``). Values that
+    small change no step beyond float rounding. TensorFlow flushes them by default; PyTorch does not.
+
+    The setting belongs to each CPU thread and is copied to the threads started after it, so it reaches
+    all of torch's worker threads only when set before the process's first parallel operation: the
+    command line sets it first thing, and :func:`betavae.train` and its kin set it for the calling thread
+    (in a script, call ``betavae.flush_denormals()`` before anything else for the full effect).
+    """
+    return bool(torch.set_flush_denormal(True))
+
+
 def _setup(config: TrainConfig) -> tuple[Distributed, torch.device]:
     """This process's place under torchrun (if any) and its device; refuses what cannot run there."""
+    flush_denormals()
     dist = distributed.from_environment()
     device = resolve_device(config.device, dist)
     _check_compile(config, device)
@@ -295,7 +315,7 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
         raise member.error
     if not dist.is_main:
         return run_dir
-    return finish(run_dir, config, model, spec, dataset, objective.weight_label(), member.baseline, member.log)
+    return finish(run_dir, config, model, spec, dataset, objective, member.baseline, member.log)
 
 
 def initialise(model: VAE, config: TrainConfig, dataset: ImageDataset) -> None:
@@ -326,7 +346,8 @@ def open_log(member: Member, start: int, stream: TextIO | None, dataset_size: in
     """The member's training log, watching each record for KL collapse, KL above log N and dims that
     collapse (the live diagnosis)."""
     config, objective = member.config, member.objective
-    diagnosis = LiveDiagnosis(objective.weight_label(), config.collapse_threshold, member.baseline, dataset_size)
+    diagnosis = LiveDiagnosis(objective.weight_label(), config.collapse_threshold, member.baseline, dataset_size,
+                              kl_high_advice=objective.kl_high_advice())
     return TrainingLog(member.run_dir, config.steps, start, stream, regulariser_label=objective.regulariser_label,
                        diagnosis=diagnosis)
 
@@ -522,7 +543,7 @@ def _check_finite(due: list[tuple[int, Member]], net: Any, step: int, dist: Dist
 
 
 def finish(run_dir: Path, config: TrainConfig, model: VAE, spec: dict[str, Any], dataset: ImageDataset,
-           weight_label: str, baseline: float, log: TrainingLog) -> Path:
+           objective: Objective, baseline: float, log: TrainingLog) -> Path:
     """After the last step (the newest checkpoint's): diagnosis, figures and report, then the final weights.
 
     The model file comes last, saying its step: a run whose model is of its newest checkpoint is
@@ -533,7 +554,8 @@ def finish(run_dir: Path, config: TrainConfig, model: VAE, spec: dict[str, Any],
     history = read_metrics(run_dir)
     if not history:
         raise TrainingError(f"no training step of {run_dir} succeeded, so there is nothing to diagnose; lower --lr.")
-    diagnosis = diagnose_run(history, weight_label, config.collapse_threshold, baseline, len(dataset))
+    diagnosis = diagnose_run(history, objective.weight_label(), config.collapse_threshold, baseline, len(dataset),
+                             objective.kl_high_advice())
     write_json_atomic(run_dir / DIAGNOSIS_FILE, diagnosis)
     log.message("betavae: diagnosis\n" + format_diagnosis(diagnosis))
     if config.figures:
