@@ -25,6 +25,16 @@ The table's last lines give, per recipe, the median over seeds at each checkpoin
 own ``--steps`` end before a checkpoint time (fast-cpu's 8,000 steps take about 6 minutes on an idle
 2-core CPU) is scored once more at its end, and its final model stands for the later times (``min``
 then exceeds ``train_minutes``).
+
+Subnormal floats are flushed to zero, as ``betavae train`` does; ``--keep-denormals`` keeps them (figures in
+docs/recipes.md measured before betavae flushed them were taken so, and a run then slows as they build up).
+
+``--continue`` trains further the runs already under ``--out``: an interrupted benchmark, or one that stopped
+at fewer minutes. Each run resumes from its last checkpoint (training is resumed exactly, so the figures are
+those of one uninterrupted run), and the times it had already passed are not scored again.
+
+    python benchmarks/time_to_disentangle.py --recipes dlib-factor --seeds 1 --minutes 10 --out bench-runs
+    python benchmarks/time_to_disentangle.py --recipes dlib-factor --seeds 1 --minutes 10,20,30 --out bench-runs --continue
 """
 
 from __future__ import annotations
@@ -118,17 +128,24 @@ def run_recipe(spec: str, seed: int, minutes: list[float], out: Path, factor_vot
     name, overrides = parse_recipe(spec)
     run = out / f"{re.sub(r'[^A-Za-z0-9._-]', '_', spec)}-seed{seed}"
     rows = []
+    # --continue: a run already here goes on from where it stopped; the times it has passed are not scored again
+    logged = read_metrics(run) if run.exists() else []
+    done = (logged[-1]["elapsed_seconds"] / 60 if logged else 0.0) if run.exists() else None
     for i, limit in enumerate(minutes):
-        if i == 0:
+        if done is not None and limit <= done + 1e-3:
+            continue
+        if done is None and i == 0:
             config = recipe_config(name, **{**overrides, "seed": seed, "out": str(run), "figures": False,
                                             "time_limit": limit})
             betavae.train(config, stream=io.StringIO())
-        elif read_metrics(run)[-1]["step"] >= betavae.TrainConfig.load(run).steps:
+        elif read_metrics(run) and read_metrics(run)[-1]["step"] >= betavae.TrainConfig.load(run).steps:
             # the recipe's own --steps ended before this time: its final model stands for the later times
-            row = {**rows[-1], "minutes": limit}
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-            rows.append(row)
-            continue
+            if rows:
+                row = {**rows[-1], "minutes": limit}
+                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+                rows.append(row)
+                continue
+            # (a continued run that had already ended: its final model is scored once, below)
         else:
             betavae.resume(run, time_limit=limit, stream=io.StringIO())
         row = {"recipe": spec, "seed": seed, "minutes": limit, **score(run, 1000, factor_votes, recon_images)}
@@ -157,13 +174,32 @@ def main() -> int:
                         help="FactorVAE score training votes (half as many evaluation votes; the protocol uses "
                              "10,000 and 5,000, which costs ~1M encoded images per checkpoint) (default: 1000)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", default="runs/time-to-disentangle", help="where the runs go; must not exist")
+    parser.add_argument("--out", default="runs/time-to-disentangle",
+                        help="where the runs go; must not exist, unless --continue")
+    parser.add_argument("--continue", dest="resume", action="store_true",
+                        help="train further the runs already under --out (an interrupted benchmark, or one run to "
+                             "fewer minutes): each goes on from its last checkpoint, and the times it has passed "
+                             "are not scored again")
+    parser.add_argument("--keep-denormals", action="store_true",
+                        help="keep subnormal floats, as betavae did before it flushed them (a slower CPU run, to "
+                             "compare with figures measured then; benchmarks/cpu_denormals.py)")
     args = parser.parse_args()
+    if args.keep_denormals:  # train as betavae did before it flushed them
+        from betavae.training import loop
+
+        loop.flush_denormals = lambda: False
+    else:
+        betavae.flush_denormals()  # as the command line does: before the first parallel operation
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    if out.exists():
-        print(f"{out} exists; pass another --out (earlier runs are kept).", file=sys.stderr)
+    if out.exists() and not args.resume:
+        print(f"{out} exists; pass another --out (earlier runs are kept), or --continue to train its runs further.",
+              file=sys.stderr)
+        return 2
+    if args.resume and not out.is_dir():
+        print(f"--continue: {out} is not a directory of earlier runs; leave out --continue to start them.",
+              file=sys.stderr)
         return 2
     recipes = args.recipes.split(",")
     try:
@@ -176,7 +212,8 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     minutes = sorted(float(m) for m in args.minutes.split(","))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f}; recipes {recipes}, seeds {seeds}, minutes {minutes}", flush=True)
+          f"load average {os.getloadavg()[0]:.2f}; subnormals {'kept' if args.keep_denormals else 'flushed'}; "
+          f"recipes {recipes}, seeds {seeds}, minutes {minutes}", flush=True)
     dataset = dataset_from_config(recipe_config(parse_recipe(recipes[0])[0]))
     rng = np.random.default_rng(1000)
     recon_images = np.asarray(dataset.images_from_factors(dataset.sample_factors(2048, rng)), dtype=np.float32)
@@ -189,6 +226,8 @@ def main() -> int:
     for name in recipes:
         for limit in minutes:
             group = [r for r in rows if r["recipe"] == name and r["minutes"] == limit]
+            if not group:  # every run had passed this time before --continue
+                continue
             medians.append({"recipe": name, "seed": "med", "minutes": limit,
                             **{k: statistics.median(r[k] for r in group)
                                for k in ("train_minutes", "steps", "images", "mig", "factor_vae", "recon", "active",
