@@ -19,6 +19,7 @@ from betavae.errors import BetaVAEError
 from betavae.training import rundir
 from betavae.training.config import TrainConfig, field_type, recipe_config
 from betavae.training.logging import read_metrics
+from betavae.training.loop import denormals_flushed
 from betavae.training.recipes import RECIPES, format_recipes, recipe_values
 from betavae.training.rundir import DIAGNOSIS_FILE, EVALUATION_FILE, METRICS_FILE, refuse_writes
 
@@ -434,7 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    training.flush_denormals()  # before any parallel work, so that every CPU worker thread has it
+    with denormals_flushed():  # before any parallel work, so that every CPU worker thread has it
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -16,12 +16,13 @@ objective, logs and checkpoints.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, Iterator, ParamSpec, TextIO, TypeVar
 
 import numpy as np
 import torch
@@ -70,6 +71,10 @@ def _check_compile(config: TrainConfig, device: torch.device) -> None:
                           f"{device}; use --compile on (or off) there.")
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
 def flush_denormals() -> bool:
     """Treat subnormal floats (magnitudes below 1.2e-38) as zero in CPU arithmetic, from now on; False where
     the CPU cannot.
@@ -81,17 +86,44 @@ def flush_denormals() -> bool:
     same checkpoint trains at about 790 with them flushed (``benchmarks/cpu_denormals.py``). Values that
     small change no step beyond float rounding. TensorFlow flushes them by default; PyTorch does not.
 
-    The setting belongs to each CPU thread and is copied to the threads started after it, so it reaches
-    all of torch's worker threads only when set before the process's first parallel operation: the
-    command line sets it first thing, and :func:`betavae.train` and its kin set it for the calling thread
-    (in a script, call ``betavae.flush_denormals()`` before anything else for the full effect).
+    The setting belongs to each CPU thread (numpy's arithmetic in it too) and is copied to the threads
+    started after it, so it reaches all of torch's worker threads only when set before the process's
+    first parallel operation. The command line sets it first thing (:func:`denormals_flushed`);
+    :func:`betavae.train` and its kin set it for the calling thread while they run. In a script, call
+    ``betavae.flush_denormals()`` before anything else for the full effect; it stays set.
     """
     return bool(torch.set_flush_denormal(True))
 
 
+def _flushing() -> bool:
+    """Whether this thread's CPU arithmetic flushes subnormal results to zero now."""
+    return (torch.tensor([torch.finfo(torch.float32).tiny]) / 4).item() == 0.0
+
+
+@contextlib.contextmanager
+def denormals_flushed() -> Iterator[None]:
+    """:func:`flush_denormals` for this thread while inside; the thread's earlier setting afterwards (a caller's
+    own code, and libraries that check for subnormals, see the state they had)."""
+    before = _flushing()
+    flush_denormals()
+    try:
+        yield
+    finally:
+        if not before:
+            torch.set_flush_denormal(False)
+
+
+def with_denormals_flushed(function: Callable[P, R]) -> Callable[P, R]:
+    """``function`` run inside :func:`denormals_flushed`."""
+    @functools.wraps(function)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        with denormals_flushed():
+            return function(*args, **kwargs)
+    return wrapped
+
+
 def _setup(config: TrainConfig) -> tuple[Distributed, torch.device]:
     """This process's place under torchrun (if any) and its device; refuses what cannot run there."""
-    flush_denormals()
     dist = distributed.from_environment()
     device = resolve_device(config.device, dist)
     _check_compile(config, device)
@@ -187,6 +219,7 @@ class SilentLog:
         pass
 
 
+@with_denormals_flushed
 def train(config: TrainConfig, stream: TextIO | None = None) -> Path:
     """Train a model as ``config`` says; returns the run directory.
 
@@ -212,6 +245,7 @@ def _checked_dataset(config: TrainConfig) -> ImageDataset:
     return dataset
 
 
+@with_denormals_flushed
 def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None = None, *,
            time_limit: float | None = None) -> Path:
     """Continue the run in ``run_dir`` from its newest intact checkpoint (to ``steps`` if given).

@@ -51,8 +51,9 @@ from betavae.training.config import TrainConfig
 from betavae.training.diagnostics import reconstruction_baseline
 from betavae.training.logging import truncate_metrics
 from betavae.training import distributed, rundir
-from betavae.training.loop import (Member, SilentLog, TrainingForward, finish, flush_denormals, initialise,
-                                   load_optimizer_state, make_adam, open_log, resolve_device, run_steps, start_message)
+from betavae.training.loop import (Member, SilentLog, TrainingForward, finish, initialise,
+                                   load_optimizer_state, make_adam, open_log, resolve_device, run_steps, start_message,
+                                   with_denormals_flushed)
 
 #: Config fields every member of a group must share: they fix the network, the data, the batch
 #: shape, the one optimizer and when the group stops. Everything else (objective and its weights, likelihood, seed,
@@ -101,6 +102,7 @@ def check_group(configs: Sequence[TrainConfig]) -> None:
         seen[path] = i
 
 
+@with_denormals_flushed
 def train_many(configs: Sequence[TrainConfig], stream: TextIO | None = None) -> list[Path]:
     """Train every config's model together in one batched computation; their run directories, in order.
 
@@ -136,7 +138,6 @@ def train_group(configs: Sequence[TrainConfig], streams: Sequence[TextIO]) -> li
         raise ConfigError("models trained together run in one process; start train_many (or betavae sweep --parallel) "
                           "without torchrun.")
     resolve_device(configs[0].device)
-    flush_denormals()
     dataset = dataset_from_config(configs[0])  # bad data is reported before any run directory is made
     check_image_shape(configs[0].arch, dataset.image_shape)
     if configs[0].batch_size > len(dataset):
