@@ -81,10 +81,11 @@ def flush_denormals() -> bool:
 
     On x86, arithmetic on subnormal numbers is many times slower than on normal ones, and training makes
     them: Adam's first moment of a weight whose gradient has vanished shrinks by β1 = 0.9 a step into
-    that range and stays there. On the disentanglement_lib net (FactorVAE, 2-core CPU), 92,000 subnormal
-    moments had built up after 30 minutes and the rate had fallen from about 850 to 560 images/s; the
-    same checkpoint trains at about 790 with them flushed (``benchmarks/cpu_denormals.py``). Values that
-    small change no step beyond float rounding. TensorFlow flushes them by default; PyTorch does not.
+    that range and stays there. On the disentanglement_lib net (FactorVAE, 2-core CPU), 102,640 subnormal
+    values had built up after 30 minutes and the rate had fallen from 830–860 to 510–550 images/s; trained on
+    from that checkpoint, 519 images/s with them kept against 696 flushed (``benchmarks/cpu_denormals.py``,
+    docs/performance.md). Values that small change no step beyond float rounding. TensorFlow flushes them
+    by default; PyTorch does not.
 
     The setting belongs to each CPU thread (numpy's arithmetic in it too) and is copied to the threads
     started after it, so it reaches all of torch's worker threads only when set before the process's
