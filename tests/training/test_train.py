@@ -1,3 +1,4 @@
+import io
 import json
 import shutil
 
@@ -128,6 +129,23 @@ def test_cosine_schedule_steps_adam_and_resumes_to_the_same_result(small_npy, tm
     drop = {"images_per_second", "elapsed_seconds"}
     strip = lambda rs: [{k: v for k, v in r.items() if k not in drop} for r in rs]  # noqa: E731
     assert strip(read_metrics(killed)) == strip(records)
+
+
+def test_resuming_a_cosine_run_with_more_steps_says_the_rate_jumps_back(small_npy, tmp_path):
+    # held to step 32 of 40, then decayed to 0 at step 40; laid over 80 steps it is held to step 64
+    config = _config(small_npy, tmp_path / "run", lr_schedule="cosine", lr_decay_fraction=0.2)
+    run = betavae.train(config)
+    assert config.learning_rate(40) == 0.0
+    out = io.StringIO()
+    betavae.resume(run, steps=80, stream=out)
+    assert "at step 40 the learning rate goes from 0 to 0.001" in out.getvalue()
+    records = read_metrics(run)
+    assert records[-1]["step"] == 80 and records[4]["lr"] == pytest.approx(1e-3)
+    # a constant rate does not move, so nothing is said
+    plain = betavae.train(_config(small_npy, tmp_path / "plain"))
+    out = io.StringIO()
+    betavae.resume(plain, steps=60, stream=out)
+    assert "schedules" not in out.getvalue()
 
 
 def test_existing_run_directory_is_never_touched(small_npy, tmp_path):

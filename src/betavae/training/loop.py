@@ -16,8 +16,10 @@ objective, logs and checkpoints.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from betavae.models import VAE, init_output_bias, is_convolutional, model_from_s
 from betavae.models.architectures import check_image_shape
 from betavae.models.vae import VAEOutput
 from betavae.objectives import Objective, build_objective
+from betavae.objectives.schedules import cyclical
 from betavae.training.checkpoint import (list_checkpoints, load_module_state, load_tensors, newest_training_checkpoint,
                                          save_checkpoint)
 from betavae.training.config import CONFIG_FILE, TrainConfig
@@ -259,6 +262,7 @@ def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None 
     """
     run_dir = Path(run_dir)
     config = TrainConfig.load(run_dir)
+    saved_steps = config.steps
     if steps is not None:
         config.steps = steps
     if time_limit is not None:
@@ -287,12 +291,37 @@ def resume(run_dir: str | Path, steps: int | None = None, stream: TextIO | None 
             raise ConfigError(
                 f"{run_dir} already reached step {state['step']} of {config.steps}; pass a larger --steps to train further."
             )
+        schedule_change = state is not None and _schedule_change(saved_steps, config, state["step"])
+        if schedule_change:
+            warn(schedule_change)
         dataset = distributed.agree(dist, lambda: dataset_from_config(config), main_first=True)
         read_metrics(run_dir)  # an unreadable training log stops the resume before anything is written
         with rundir.explaining_write_errors(run_dir):
             # No checkpoint yet (killed early): start again from step 0 in the same directory.
             return _train(config, run_dir, dataset, state, stream, dist, device,
                           save_config=steps is not None or time_limit is not None)
+
+
+def _schedule_change(saved_steps: int, config: TrainConfig, step: int) -> str | None:
+    """What a new ``--steps`` does to the schedules laid over the run's steps, at the checkpoint's ``step``
+    (the cosine learning rate, a cyclical β), or None when they carry on as they were."""
+    if config.steps == saved_steps:
+        return None
+    before = dataclasses.replace(config, steps=saved_steps)
+    changes = []
+    old_lr, new_lr = before.learning_rate(step), config.learning_rate(step)
+    if not math.isclose(old_lr, new_lr, rel_tol=0.01, abs_tol=1e-12):
+        changes.append(f"the learning rate goes from {old_lr:.3g} to {new_lr:.3g}")
+    if config.objective == "beta" and config.beta_schedule == "cyclical":
+        old_beta = config.beta * cyclical(step, saved_steps, config.beta_cycles, config.beta_cycle_ratio)
+        new_beta = config.beta * cyclical(step, config.steps, config.beta_cycles, config.beta_cycle_ratio)
+        if not math.isclose(old_beta, new_beta, rel_tol=0.01, abs_tol=1e-9):
+            changes.append(f"β goes from {old_beta:.3g} to {new_beta:.3g}")
+    if not changes:
+        return None
+    return (f"betavae: note: the run's schedules are laid over --steps, now {config.steps:,} in place of "
+            f"{saved_steps:,}, so at step {step:,} {' and '.join(changes)}: the schedule is laid anew over the "
+            "longer run (a warm restart), it does not carry on from where it was.")
 
 
 def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint: dict[str, Any] | None,
