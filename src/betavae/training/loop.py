@@ -321,7 +321,7 @@ def _schedule_change(saved_steps: int, config: TrainConfig, step: int) -> str | 
         return None
     return (f"betavae: note: the run's schedules are laid over --steps, now {config.steps:,} in place of "
             f"{saved_steps:,}, so at step {step:,} {' and '.join(changes)}: the schedule is laid anew over the "
-            "longer run (a warm restart), it does not carry on from where it was.")
+            "new --steps (for a decayed rate, a warm restart), it does not carry on from where it was.")
 
 
 def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint: dict[str, Any] | None,
