@@ -30,11 +30,15 @@ class BetaVAE(Objective):
         self.beta = beta
         self.schedule = schedule or Schedule()
 
+    @staticmethod
+    def schedule_from_config(config) -> Schedule:
+        """The β schedule that ``config`` asks for, laid over its ``steps``."""
+        return Schedule(config.beta_schedule, config.beta_warmup_steps, config.steps, config.beta_cycles,
+                        config.beta_cycle_ratio)
+
     @classmethod
     def from_config(cls, config, dataset_size: int) -> "BetaVAE":
-        schedule = Schedule(config.beta_schedule, config.beta_warmup_steps, config.steps, config.beta_cycles,
-                            config.beta_cycle_ratio)
-        return cls(config.beta, schedule, config.likelihood, config.likelihood_scale)
+        return cls(config.beta, cls.schedule_from_config(config), config.likelihood, config.likelihood_scale)
 
     def weight_label(self) -> str:
         described = self.schedule.describe()

@@ -39,7 +39,7 @@ from betavae.models import VAE, init_output_bias, is_convolutional, model_from_s
 from betavae.models.architectures import check_image_shape
 from betavae.models.vae import VAEOutput
 from betavae.objectives import Objective, build_objective
-from betavae.objectives.schedules import cyclical
+from betavae.objectives.beta_vae import BetaVAE
 from betavae.training.checkpoint import (list_checkpoints, load_module_state, load_tensors, newest_training_checkpoint,
                                          save_checkpoint)
 from betavae.training.config import CONFIG_FILE, TrainConfig
@@ -312,9 +312,9 @@ def _schedule_change(saved_steps: int, config: TrainConfig, step: int) -> str | 
     old_lr, new_lr = before.learning_rate(step), config.learning_rate(step)
     if not math.isclose(old_lr, new_lr, rel_tol=0.01, abs_tol=1e-12):
         changes.append(f"the learning rate goes from {old_lr:.3g} to {new_lr:.3g}")
-    if config.objective == "beta" and config.beta_schedule == "cyclical":
-        old_beta = config.beta * cyclical(step, saved_steps, config.beta_cycles, config.beta_cycle_ratio)
-        new_beta = config.beta * cyclical(step, config.steps, config.beta_cycles, config.beta_cycle_ratio)
+    if config.objective == "beta":
+        old_beta = config.beta * BetaVAE.schedule_from_config(before)(step)
+        new_beta = config.beta * BetaVAE.schedule_from_config(config)(step)
         if not math.isclose(old_beta, new_beta, rel_tol=0.01, abs_tol=1e-9):
             changes.append(f"β goes from {old_beta:.3g} to {new_beta:.3g}")
     if not changes:
