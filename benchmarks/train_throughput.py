@@ -16,14 +16,16 @@ every batch size of ``--batch-sizes`` and every thread count of ``--threads``:
 
 Every variant trains the same number of images (``--images-per-run``) per round. Printed: images/s per
 variant (median over rounds, min and max), the achieved GFLOP/s (FLOPs counted by PyTorch's
-FlopCounterMode on one training step) against a matrix-product peak measured in the same run, peak
-memory, the time the standard budget (300,000 steps of batch 64: 19.2 million images) takes at the
-best rate, and last the ratios: betavae against the plain default loop (batch 64 if measured, default
-threads) and against the best plain variant found, each the median of the ratios of the rounds (the
-two variants of a ratio ran close together in time, so slow spells of a shared machine cancel out).
+FlopCounterMode on one training step) against a matrix-product peak of the variant's own dtype
+measured in the same run, peak memory, the time the standard budget (300,000 steps of batch 64: 19.2
+million images) takes at the best rate, and last the ratios: betavae against the plain default loop
+(batch 64 if measured, default threads), against the best plain variant found and, with several
+``--precision`` values, at each later one against the first; each the median of the ratios of the rounds
+(the two variants of a ratio ran close together in time, so slow spells of a shared machine cancel out).
 
     python benchmarks/train_throughput.py                                  # CPU, batch 64
     python benchmarks/train_throughput.py --batch-sizes 64,256 --threads 1,2 --rounds 3
+    python benchmarks/train_throughput.py --arch locatello --precision fp32,bf16   # bf16 against fp32 on this CPU
     python benchmarks/train_throughput.py --device cuda --batch-sizes 64,256,1024 --compile cudagraphs
 """
 
@@ -59,10 +61,12 @@ class Variant:
     loop: str  # plain, plain-cl, plain-tuned or betavae
     batch: int
     threads: int
+    precision: str = "fp32"  # betavae's --precision; the plain loops are fp32
 
     @property
     def label(self) -> str:
-        return f"{self.loop} b{self.batch} t{self.threads}"
+        suffix = f" {self.precision}" if self.loop == "betavae" else ""
+        return f"{self.loop}{suffix} b{self.batch} t{self.threads}"
 
 
 def _sync(device: torch.device) -> None:
@@ -166,8 +170,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=16384, help="distinct dSprites images in memory")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                        help="betavae's --precision (the plain loops are fp32)")
+    parser.add_argument("--precision", default="auto",
+                        help="betavae's --precision: auto, fp32 or bf16, or several comma-separated (each a variant "
+                             "of its own, and their ratio printed); the plain loops are fp32")
     parser.add_argument("--compile", default="off", choices=("off", "on", "cudagraphs"), help="betavae's --compile")
     args = parser.parse_args()
 
@@ -175,14 +180,18 @@ def main() -> None:
     batches = _ints(args.batch_sizes)
     default_threads = torch.get_num_threads()
     threads = _ints(args.threads) or [default_threads]
-    variants = [Variant(loop, b, t) for t in threads for b in batches for loop in LOOPS]
+    precisions = [p for p in args.precision.split(",") if p]
+    if not precisions or any(p not in ("auto", "fp32", "bf16") for p in precisions):
+        parser.error(f"--precision takes auto, fp32 or bf16, or several of them comma-separated; got {args.precision!r}")
+    variants = [Variant(loop, b, t, precision) for t in threads for b in batches for loop in LOOPS
+                for precision in (precisions if loop == "betavae" else ["fp32"])]
 
     rng = np.random.default_rng(0)
     images_u8 = render(DSprites().sample_factors(args.images, rng))  # (N, 64, 64) binary
     images = torch.from_numpy(images_u8).float().unsqueeze(1).to(device)
     results: dict[Variant, list[float]] = {v: [] for v in variants}
-    peaks = []
-    peak_dtype = resolve_precision(args.precision, device) or torch.float32
+    dtypes = {p: resolve_precision(p, device) or torch.float32 for p in ["fp32", *precisions]}
+    peaks: dict[torch.dtype, list[float]] = {dtype: [] for dtype in dtypes.values()}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "images.npy"
         np.save(data, images_u8)
@@ -191,26 +200,28 @@ def main() -> None:
                 torch.set_num_threads(v.threads)
                 if v.loop == "betavae":
                     speed = betavae_loop(data, args.arch, v.batch, args.images_per_run, str(device),
-                                         args.precision, args.compile)
+                                         v.precision, args.compile)
                 else:
                     speed = plain_loop(images, args.arch, v.batch, args.images_per_run, v.loop, device)
                 results[v].append(speed)
             torch.set_num_threads(default_threads)
-            peaks.append(matmul_peak_gflops(device, peak_dtype))
+            for dtype, measured in peaks.items():
+                measured.append(matmul_peak_gflops(device, dtype))
 
     flops = flops_per_image(args.arch, batches[0])
-    peak = statistics.median(peaks)
+    peak = {dtype: statistics.median(measured) for dtype, measured in peaks.items()}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"arch {args.arch} on {device} ({where}), {args.images_per_run:,} images per variant x {args.rounds} rounds, "
           f"torch {torch.__version__}; betavae precision {args.precision}, compile {args.compile}")
     print(f"training FLOPs per image (forward + backward): {flops / 1e6:.1f} MFLOP")
-    print(f"{str(peak_dtype).removeprefix('torch.')} matmul peak: {peak:.1f} GFLOP/s")
+    for dtype, gflops in peak.items():
+        print(f"{str(dtype).removeprefix('torch.')} matmul peak: {gflops:.1f} GFLOP/s")
     print(f"{'variant':<20} {'images/s (median)':>18} {'min':>8} {'max':>8} {'GFLOP/s':>8} {'% of peak':>9}")
     medians = {v: statistics.median(values) for v, values in results.items()}
     for v, values in results.items():
         gflops = medians[v] * flops / 1e9
         print(f"{v.label:<20} {medians[v]:>18.0f} {min(values):>8.0f} {max(values):>8.0f} {gflops:>8.1f} "
-              f"{100 * gflops / peak:>8.1f}%")
+              f"{100 * gflops / peak[dtypes[v.precision]]:>8.1f}%  {str(dtypes[v.precision]).removeprefix('torch.')}")
     print(f"peak memory: {peak_memory_mib(device)}")
     best_betavae = max((v for v in variants if v.loop == "betavae"), key=medians.get)
     best_plain = max((v for v in variants if v.loop != "betavae"), key=medians.get)
@@ -218,11 +229,14 @@ def main() -> None:
     print(f"standard budget (300,000 steps x 64 = 19.2 M images) at {best_betavae.label}'s rate: {minutes:,.1f} minutes")
     default = Variant("plain", 64 if 64 in batches else batches[0],
                       default_threads if default_threads in threads else threads[-1])
-    same = Variant("betavae", default.batch, default.threads)
+    same = Variant("betavae", default.batch, default.threads, precisions[0])
     print(f"best plain variant: {best_plain.label}; best betavae: {best_betavae.label}")
     # Ratios round by round (the two ran minutes apart at most), then their median: drifts in the
     # machine's speed between rounds cancel out of each pair.
-    for a, b, what in ((same, default, "the plain default loop"), (best_betavae, best_plain, "the best plain variant")):
+    pairs = [(same, default, "the plain default loop"), (best_betavae, best_plain, "the best plain variant")]
+    pairs += [(Variant("betavae", default.batch, default.threads, p), same, f"betavae at {precisions[0]}")
+              for p in precisions[1:]]
+    for a, b, what in pairs:
         ratios = [x / y for x, y in zip(results[a], results[b])]
         print(f"ratio {a.label} / {b.label} ({what}): {statistics.median(ratios):.2f} "
               f"(median of {len(ratios)} rounds, {min(ratios):.2f}-{max(ratios):.2f})")
