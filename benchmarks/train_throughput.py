@@ -50,6 +50,7 @@ import betavae
 from betavae.data.dsprites import DSprites, render
 from betavae.models import build_model
 from betavae.objectives import kl_to_standard_normal
+from betavae.training.config import PRECISIONS
 from betavae.training.loop import resolve_device, resolve_precision
 
 LOOPS = ("plain", "plain-cl", "plain-tuned", "betavae")
@@ -181,8 +182,8 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     threads = _ints(args.threads) or [default_threads]
     precisions = [p for p in args.precision.split(",") if p]
-    if not precisions or any(p not in ("auto", "fp32", "bf16") for p in precisions):
-        parser.error(f"--precision takes auto, fp32 or bf16, or several of them comma-separated; got {args.precision!r}")
+    if not precisions or any(p not in PRECISIONS for p in precisions):
+        parser.error(f"--precision takes {', '.join(PRECISIONS)}, or several of them comma-separated; got {args.precision!r}")
     variants = [Variant(loop, b, t, precision) for t in threads for b in batches for loop in LOOPS
                 for precision in (precisions if loop == "betavae" else ["fp32"])]
 
