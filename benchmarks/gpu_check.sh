@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures in one command, in about 5 to 8 minutes on one data-centre GPU:
 #   1. training images/s at batch 64, 256 and 1024 with --precision bf16 and --compile cudagraphs
-#      (and plain fp32 beside them), with the minutes the standard budget (300,000 steps) would take;
+#      (and fp32 and tf32 beside them), with the minutes the standard budget (300,000 steps) would take;
 #   2. K = 8 models trained at once against one by one (images/s, peak memory);
 #   3. the full-protocol evaluation of a dSprites model on the GPU (betavae evaluate): wall time,
 #      encoding seconds and each metric's seconds.
@@ -26,7 +26,7 @@ for compile in off cudagraphs; do
     "$PY" benchmarks/train_throughput.py --device cuda --batch-sizes 64,256,1024 --precision bf16 \
         --compile "$compile" --rounds 3 --images-per-run 65536
 done
-"$PY" benchmarks/train_throughput.py --device cuda --batch-sizes 64,256,1024 --precision fp32 --rounds 3 \
+"$PY" benchmarks/train_throughput.py --device cuda --batch-sizes 64,256,1024 --precision fp32,tf32 --rounds 3 \
     --images-per-run 65536
 
 echo; echo "== 2. K models at once =="

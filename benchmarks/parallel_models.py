@@ -13,7 +13,7 @@ Prints images/s of each way (median over rounds, with min and max), peak memory 
 allocated by tensors; CPU: the process's peak resident set), and last the ratio together / one-by-one.
 
     python benchmarks/parallel_models.py [--models 8] [--steps 200] [--rounds 3] [--batch-size 64] [--device cpu|cuda]
-                                         [--precision auto|fp32|bf16]
+                                         [--precision auto|fp32|tf32|bf16]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch
 
 import betavae
 from betavae.data.dsprites import DSprites, render
+from betavae.training.config import PRECISIONS
 from betavae.training.logging import read_metrics
 from betavae.training.loop import resolve_device
 
@@ -84,7 +85,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=16384, help="distinct dSprites images")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="training precision of both ways (auto: bf16 autocast on GPUs that support it)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args()

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=None, help="stop each model after this many minutes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default="fp32", help="fp32 (as published), bf16 or auto")
+    parser.add_argument("--precision", default="fp32", help="fp32 (as published), tf32 (CUDA), bf16 or auto")
     parser.add_argument("--compile", default="off", help="off, on or cudagraphs (CUDA)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of each training or evaluation process")
     parser.add_argument("--eval-workers", type=int, default=5, help="evaluations run at once")

@@ -48,10 +48,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import betavae
 from betavae.data.dsprites import DSprites, render
+from betavae.errors import ConfigError
 from betavae.models import build_model
 from betavae.objectives import kl_to_standard_normal
 from betavae.training.config import PRECISIONS
-from betavae.training.loop import resolve_device, resolve_precision
+from betavae.training.loop import check_precision, matmul_arithmetic, resolve_device, resolve_precision
 
 LOOPS = ("plain", "plain-cl", "plain-tuned", "betavae")
 STANDARD_BUDGET = 300_000 * 64  # images: disentanglement_lib's 300,000 steps of batch 64
@@ -135,18 +136,27 @@ def flops_per_image(arch: str, batch: int) -> float:
     return counter.get_total_flops() / batch
 
 
-def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
-    """Achieved GFLOP/s of a square matrix product of ``dtype`` on ``device`` (the run's own peak)."""
+def arithmetic(precision: str, device: torch.device) -> str:
+    """The arithmetic of betavae's matrix products under ``precision`` on ``device``: bfloat16, tf32 or float32."""
+    if resolve_precision(precision, device) is not None:
+        return "bfloat16"
+    return "tf32" if precision == "tf32" else "float32"
+
+
+def matmul_peak_gflops(device: torch.device, kind: str, size: int = 2048, repeats: int = 10) -> float:
+    """Achieved GFLOP/s of a square matrix product on ``device`` in the arithmetic ``kind`` (the run's own peak)."""
     if device.type == "cuda":
         size, repeats = 8192, 50
+    dtype = torch.bfloat16 if kind == "bfloat16" else torch.float32
     a = torch.rand(size, size, device=device, dtype=dtype)
     b = torch.rand(size, size, device=device, dtype=dtype)
-    a @ b
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
+    with matmul_arithmetic("tf32" if kind == "tf32" else "fp32"):
         a @ b
-    _sync(device)
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        _sync(device)
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
@@ -172,8 +182,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16384, help="distinct dSprites images in memory")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     parser.add_argument("--precision", default="auto",
-                        help="betavae's --precision: auto, fp32 or bf16, or several comma-separated (each a variant "
-                             "of its own, and their ratio printed); the plain loops are fp32")
+                        help="betavae's --precision: auto, fp32, tf32 (CUDA) or bf16, or several comma-separated "
+                             "(each a variant of its own, and their ratio printed); the plain loops are fp32")
     parser.add_argument("--compile", default="off", choices=("off", "on", "cudagraphs"), help="betavae's --compile")
     args = parser.parse_args()
 
@@ -184,6 +194,11 @@ def main() -> None:
     precisions = [p for p in args.precision.split(",") if p]
     if not precisions or any(p not in PRECISIONS for p in precisions):
         parser.error(f"--precision takes {', '.join(PRECISIONS)}, or several of them comma-separated; got {args.precision!r}")
+    for precision in precisions:
+        try:
+            check_precision(precision, device)
+        except ConfigError as error:
+            parser.error(str(error))
     variants = [Variant(loop, b, t, precision) for t in threads for b in batches for loop in LOOPS
                 for precision in (precisions if loop == "betavae" else ["fp32"])]
 
@@ -191,8 +206,8 @@ def main() -> None:
     images_u8 = render(DSprites().sample_factors(args.images, rng))  # (N, 64, 64) binary
     images = torch.from_numpy(images_u8).float().unsqueeze(1).to(device)
     results: dict[Variant, list[float]] = {v: [] for v in variants}
-    dtypes = {p: resolve_precision(p, device) or torch.float32 for p in ["fp32", *precisions]}
-    peaks: dict[torch.dtype, list[float]] = {dtype: [] for dtype in dtypes.values()}
+    kinds = {p: arithmetic(p, device) for p in ["fp32", *precisions]}
+    peaks: dict[str, list[float]] = {kind: [] for kind in kinds.values()}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "images.npy"
         np.save(data, images_u8)
@@ -206,23 +221,23 @@ def main() -> None:
                     speed = plain_loop(images, args.arch, v.batch, args.images_per_run, v.loop, device)
                 results[v].append(speed)
             torch.set_num_threads(default_threads)
-            for dtype, measured in peaks.items():
-                measured.append(matmul_peak_gflops(device, dtype))
+            for kind, measured in peaks.items():
+                measured.append(matmul_peak_gflops(device, kind))
 
     flops = flops_per_image(args.arch, batches[0])
-    peak = {dtype: statistics.median(measured) for dtype, measured in peaks.items()}
+    peak = {kind: statistics.median(measured) for kind, measured in peaks.items()}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"arch {args.arch} on {device} ({where}), {args.images_per_run:,} images per variant x {args.rounds} rounds, "
           f"torch {torch.__version__}; betavae precision {args.precision}, compile {args.compile}")
     print(f"training FLOPs per image (forward + backward): {flops / 1e6:.1f} MFLOP")
-    for dtype, gflops in peak.items():
-        print(f"{str(dtype).removeprefix('torch.')} matmul peak: {gflops:.1f} GFLOP/s")
+    for kind, gflops in peak.items():
+        print(f"{kind} matmul peak: {gflops:.1f} GFLOP/s")
     print(f"{'variant':<20} {'images/s (median)':>18} {'min':>8} {'max':>8} {'GFLOP/s':>8} {'% of peak':>9}")
     medians = {v: statistics.median(values) for v, values in results.items()}
     for v, values in results.items():
         gflops = medians[v] * flops / 1e9
         print(f"{v.label:<20} {medians[v]:>18.0f} {min(values):>8.0f} {max(values):>8.0f} {gflops:>8.1f} "
-              f"{100 * gflops / peak[dtypes[v.precision]]:>8.1f}%  {str(dtypes[v.precision]).removeprefix('torch.')}")
+              f"{100 * gflops / peak[kinds[v.precision]]:>8.1f}%  {kinds[v.precision]}")
     print(f"peak memory: {peak_memory_mib(device)}")
     best_betavae = max((v for v in variants if v.loop == "betavae"), key=medians.get)
     best_plain = max((v for v in variants if v.loop != "betavae"), key=medians.get)

@@ -14,7 +14,7 @@ import betavae
 from betavae.errors import ConfigError
 from betavae.models import build_model
 from betavae.training.logging import read_metrics
-from betavae.training.loop import TrainingForward, resolve_precision
+from betavae.training.loop import TrainingForward, matmul_arithmetic, resolve_precision
 
 RUN = dict(arch="mlp", steps=3, batch_size=8, latents=4, lr=1e-3, seed=1, log_every=1, device="cpu", figures=False)
 
@@ -101,6 +101,39 @@ def test_cudagraphs_needs_cuda(data, tmp_path):
             betavae.train(betavae.TrainConfig(data=str(data), out=str(tmp_path / "graphs"), compile="cudagraphs",
                                               **config))
         assert not (tmp_path / "graphs").exists()
+
+
+def test_tf32_needs_cuda(data, tmp_path):
+    assert resolve_precision("tf32", torch.device("cpu")) is None  # fp32 tensors: no autocast
+    with pytest.raises(ConfigError, match="tf32 .*needs a CUDA device.*--device is cpu; use fp32"):
+        betavae.TrainConfig(precision="tf32", device="cpu").validate()
+    if not torch.cuda.is_available():  # device auto picks the CPU here: refused before anything is written
+        config = {**RUN, "device": "auto"}
+        with pytest.raises(ConfigError, match="tf32 .*needs a CUDA device, but this run trains on cpu"):
+            betavae.train(betavae.TrainConfig(data=str(data), out=str(tmp_path / "tf32"), precision="tf32", **config))
+        with pytest.raises(ConfigError, match="tf32 .*needs a CUDA device"):
+            betavae.train_many([betavae.TrainConfig(data=str(data), out=str(tmp_path / "many"), precision="tf32",
+                                                    **config)])
+        assert not (tmp_path / "tf32").exists() and not (tmp_path / "many").exists()
+
+
+def test_tf32_sets_the_matmul_precision_while_inside_only():
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        with matmul_arithmetic("tf32"):
+            assert torch.get_float32_matmul_precision() == "high"
+        assert torch.get_float32_matmul_precision() == "highest"
+        with pytest.raises(RuntimeError, match="inside"):  # given back when the training raises too
+            with matmul_arithmetic("tf32"):
+                raise RuntimeError("inside")
+        assert torch.get_float32_matmul_precision() == "highest"
+        torch.set_float32_matmul_precision("medium")  # a caller's own setting is kept by the other precisions
+        for precision in ("auto", "fp32", "bf16"):
+            with matmul_arithmetic(precision):
+                assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def test_flags_reach_the_config():

@@ -28,7 +28,7 @@ from betavae.training.recipes import RECIPES, recipe_values
 
 #: The config's file in a run directory (betavae.training.rundir names the others).
 CONFIG_FILE = "config.json"
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 COMPILE_MODES = ("off", "on", "cudagraphs")
 LR_SCHEDULES = ("constant", "cosine")
 DECODER_INITS = ("default", "data")
@@ -115,8 +115,9 @@ class TrainConfig:
     seed: int = _opt(0, "random seed (weights, batches and sampling noise)")
     device: str = _opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
     precision: str = _opt("auto", "arithmetic of the model's forward and backward passes: auto (bf16 autocast on CUDA "
-                                  "devices that support bfloat16, fp32 elsewhere), fp32, or bf16 (bfloat16 autocast, "
-                                  "also on the CPU); the loss and KL are always computed in fp32",
+                                  "devices that support bfloat16, fp32 elsewhere), fp32, tf32 (fp32 with "
+                                  "TensorFloat-32 matrix products, CUDA only), or bf16 (bfloat16 autocast, also on the "
+                                  "CPU); the loss and KL are always computed in fp32",
                           choices=PRECISIONS)
     compile: str = _opt("off", "torch.compile the model's forward pass: off, on, or cudagraphs (on, with CUDA graphs: "
                                "mode reduce-overhead, CUDA only)", choices=COMPILE_MODES)
@@ -218,6 +219,9 @@ class TrainConfig:
         if self.compile == "cudagraphs" and self.device == "cpu":
             raise ConfigError("--compile cudagraphs captures CUDA graphs and needs a CUDA device, but --device is cpu; "
                               "use --compile on (or off) on the CPU.")
+        if self.precision == "tf32" and self.device == "cpu":
+            raise ConfigError("--precision tf32 is the TensorFloat-32 arithmetic of NVIDIA GPUs and needs a CUDA "
+                              "device, but --device is cpu; use fp32 (or bf16) on the CPU.")
         check_output_path(self.run_dir(), "--out")
         check_memory(self.arch, self.latents, self.batch_size, self.smallest_image_shape(), self.width, self.device,
                      self.precision)

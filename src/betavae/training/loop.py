@@ -68,6 +68,31 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return None
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a ``precision`` that ``device`` does not have: TF32 is an NVIDIA GPU format."""
+    if precision == "tf32" and device.type != "cuda":
+        raise ConfigError(f"--precision tf32 is the TensorFloat-32 arithmetic of NVIDIA GPUs (Ampere and later) and "
+                          f"needs a CUDA device, but this run trains on {device}; use fp32 (or bf16) there.")
+
+
+@contextlib.contextmanager
+def matmul_arithmetic(precision: str) -> Iterator[None]:
+    """With ``precision`` tf32: float32 matrix products in TensorFloat-32 while inside
+    (``torch.set_float32_matmul_precision("high")``), the process's earlier setting afterwards. PyTorch
+    already runs float32 convolutions in TF32 by default (``torch.backends.cudnn.conv.fp32_precision``), so
+    this adds the linear layers: the fully connected ones of the nets, and FactorVAE's discriminator.
+    Any other precision: nothing changes."""
+    if precision != "tf32":
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def _check_compile(config: TrainConfig, device: torch.device) -> None:
     if config.compile == "cudagraphs" and device.type != "cuda":
         raise ConfigError(f"--compile cudagraphs captures CUDA graphs and needs a CUDA device, but this run trains on "
@@ -131,6 +156,7 @@ def _setup(config: TrainConfig) -> tuple[Distributed, torch.device]:
     dist = distributed.from_environment()
     device = resolve_device(config.device, dist)
     _check_compile(config, device)
+    check_precision(config.precision, device)
     distributed.check_config(config, dist)
     return dist, device
 
@@ -371,8 +397,9 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     member.log.message(start_message(member, dataset, device, where, start))
     spec = model_spec(config.arch, config.latents, dataset.image_shape, config.width)
     try:
-        run_steps([member], net, dataset.training_store(device), spec, device, start,
-                  time.perf_counter() - trained_before, dist)
+        with matmul_arithmetic(config.precision):
+            run_steps([member], net, dataset.training_store(device), spec, device, start,
+                      time.perf_counter() - trained_before, dist)
     finally:
         member.log.close()
     if member.error is not None:
@@ -450,14 +477,19 @@ class OneModel:
         pass  # a single model that failed ends the loop
 
 
+#: How the first line of a run names its arithmetic.
+PRECISION_LABELS = {"bf16": "bf16 (autocast; loss in fp32)", "tf32": "tf32 (fp32 tensors, TF32 matrix products)",
+                    "fp32": "fp32"}
+
+
 def start_message(member: Member, dataset: ImageDataset, device: torch.device, where: str, start: int) -> str:
     """The line a run starts with: what trains on what, where, how, and for how long."""
     c = member.config
-    precision = resolve_precision(c.precision, device)
+    arithmetic = "bf16" if resolve_precision(c.precision, device) else "tf32" if c.precision == "tf32" else "fp32"
     return (f"betavae: training {c.objective} ({member.objective.weight_label()}) on "
             f"{getattr(dataset, 'name', 'data')} ({len(dataset)} images {tuple(dataset.image_shape)}) with {c.arch}"
             f"{'' if c.width is None else f' (width {c.width})'}, {c.latents} latents, on {where}, precision "
-            f"{'bf16 (autocast; loss in fp32)' if precision else 'fp32'}, compile {c.compile}; steps {start}..{c.steps}"
+            f"{PRECISION_LABELS[arithmetic]}, compile {c.compile}; steps {start}..{c.steps}"
             f"{'' if c.time_limit is None else f' or {c.time_limit:g} minutes of training'}; run directory {member.run_dir}")
 
 

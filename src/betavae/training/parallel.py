@@ -51,9 +51,9 @@ from betavae.training.config import TrainConfig
 from betavae.training.diagnostics import reconstruction_baseline
 from betavae.training.logging import truncate_metrics
 from betavae.training import distributed, rundir
-from betavae.training.loop import (Member, SilentLog, TrainingForward, finish, initialise,
-                                   load_optimizer_state, make_adam, open_log, resolve_device, run_steps, start_message,
-                                   with_denormals_flushed)
+from betavae.training.loop import (Member, SilentLog, TrainingForward, check_precision, finish, initialise,
+                                   load_optimizer_state, make_adam, matmul_arithmetic, open_log, resolve_device, run_steps,
+                                   start_message, with_denormals_flushed)
 
 #: Config fields every member of a group must share: they fix the network, the data, the batch
 #: shape, the one optimizer and when the group stops. Everything else (objective and its weights, likelihood, seed,
@@ -137,7 +137,7 @@ def train_group(configs: Sequence[TrainConfig], streams: Sequence[TextIO]) -> li
     if distributed.from_environment().enabled:
         raise ConfigError("models trained together run in one process; start train_many (or betavae sweep --parallel) "
                           "without torchrun.")
-    resolve_device(configs[0].device)
+    check_precision(configs[0].precision, resolve_device(configs[0].device))
     dataset = dataset_from_config(configs[0])  # bad data is reported before any run directory is made
     check_image_shape(configs[0].arch, dataset.image_shape)
     if configs[0].batch_size > len(dataset):
@@ -247,7 +247,8 @@ def _train_together(configs: list[TrainConfig], run_dirs: list[Path], dataset: I
             log.message(start_message(members[-1], dataset, device,
                                       f"{device} as one of {len(configs)} models trained together", 0))
         stack = Stack(models, first.lr)
-        run_steps(members, stack, dataset.training_store(device), spec, device, 0, time.perf_counter())
+        with matmul_arithmetic(first.precision):
+            run_steps(members, stack, dataset.training_store(device), spec, device, 0, time.perf_counter())
     finally:
         for member in members:
             member.log.close()
