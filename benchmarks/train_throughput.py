@@ -52,7 +52,7 @@ from betavae.errors import ConfigError
 from betavae.models import build_model
 from betavae.objectives import kl_to_standard_normal
 from betavae.training.config import PRECISIONS
-from betavae.training.loop import check_precision, matmul_arithmetic, resolve_device, resolve_precision
+from betavae.training.loop import arithmetic, check_precision, matmul_arithmetic, resolve_device
 
 LOOPS = ("plain", "plain-cl", "plain-tuned", "betavae")
 STANDARD_BUDGET = 300_000 * 64  # images: disentanglement_lib's 300,000 steps of batch 64
@@ -136,21 +136,14 @@ def flops_per_image(arch: str, batch: int) -> float:
     return counter.get_total_flops() / batch
 
 
-def arithmetic(precision: str, device: torch.device) -> str:
-    """The arithmetic of betavae's matrix products under ``precision`` on ``device``: bfloat16, tf32 or float32."""
-    if resolve_precision(precision, device) is not None:
-        return "bfloat16"
-    return "tf32" if precision == "tf32" else "float32"
-
-
 def matmul_peak_gflops(device: torch.device, kind: str, size: int = 2048, repeats: int = 10) -> float:
     """Achieved GFLOP/s of a square matrix product on ``device`` in the arithmetic ``kind`` (the run's own peak)."""
     if device.type == "cuda":
         size, repeats = 8192, 50
-    dtype = torch.bfloat16 if kind == "bfloat16" else torch.float32
+    dtype = torch.bfloat16 if kind == "bf16" else torch.float32
     a = torch.rand(size, size, device=device, dtype=dtype)
     b = torch.rand(size, size, device=device, dtype=dtype)
-    with matmul_arithmetic("tf32" if kind == "tf32" else "fp32"):
+    with matmul_arithmetic(kind):
         a @ b
         _sync(device)
         start = time.perf_counter()

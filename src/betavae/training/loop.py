@@ -68,6 +68,13 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return None
 
 
+def arithmetic(precision: str, device: torch.device) -> str:
+    """What the model's matrix products run in under ``precision`` on ``device``: bf16, tf32 or fp32."""
+    if resolve_precision(precision, device) is not None:
+        return "bf16"
+    return "tf32" if precision == "tf32" else "fp32"
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     """Refuse a ``precision`` that ``device`` does not have: TF32 is an NVIDIA GPU format."""
     if precision == "tf32" and device.type != "cuda":
@@ -485,11 +492,10 @@ PRECISION_LABELS = {"bf16": "bf16 (autocast; loss in fp32)", "tf32": "tf32 (fp32
 def start_message(member: Member, dataset: ImageDataset, device: torch.device, where: str, start: int) -> str:
     """The line a run starts with: what trains on what, where, how, and for how long."""
     c = member.config
-    arithmetic = "bf16" if resolve_precision(c.precision, device) else "tf32" if c.precision == "tf32" else "fp32"
     return (f"betavae: training {c.objective} ({member.objective.weight_label()}) on "
             f"{getattr(dataset, 'name', 'data')} ({len(dataset)} images {tuple(dataset.image_shape)}) with {c.arch}"
             f"{'' if c.width is None else f' (width {c.width})'}, {c.latents} latents, on {where}, precision "
-            f"{PRECISION_LABELS[arithmetic]}, compile {c.compile}; steps {start}..{c.steps}"
+            f"{PRECISION_LABELS[arithmetic(c.precision, device)]}, compile {c.compile}; steps {start}..{c.steps}"
             f"{'' if c.time_limit is None else f' or {c.time_limit:g} minutes of training'}; run directory {member.run_dir}")
 
 
