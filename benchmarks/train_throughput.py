@@ -14,6 +14,10 @@ every batch size of ``--batch-sizes`` and every thread count of ``--threads``:
                         images/s are read from its own timing of the steps (the first logged interval,
                         warm-up and compilation, left out).
 
+With ``--recipe NAME`` the betavae variants train that recipe (its objective, net, learning rate and
+every other value it sets; batch size, precision and compile as given here) and the plain loops, which
+know the β-VAE only, are left out: e.g. FactorVAE's step, discriminator included, in fp32 against bf16.
+
 Every variant trains the same number of images (``--images-per-run``) per round. Printed: images/s per
 variant (median over rounds, min and max), the achieved GFLOP/s (FLOPs counted by PyTorch's
 FlopCounterMode on one training step) against a matrix-product peak of the variant's own dtype
@@ -27,6 +31,7 @@ million images) takes at the best rate, and last the ratios: betavae against the
     python benchmarks/train_throughput.py --batch-sizes 64,256 --threads 1,2 --rounds 3
     python benchmarks/train_throughput.py --arch locatello --precision fp32,bf16   # bf16 against fp32 on this CPU
     python benchmarks/train_throughput.py --device cuda --batch-sizes 64,256,1024 --compile cudagraphs
+    python benchmarks/train_throughput.py --recipe dlib-factor --precision fp32,bf16 --threads 2
 """
 
 from __future__ import annotations
@@ -50,8 +55,10 @@ import betavae
 from betavae.data.dsprites import DSprites, render
 from betavae.errors import ConfigError
 from betavae.models import build_model
-from betavae.objectives import kl_to_standard_normal
+from betavae.models.vae import VAEOutput
+from betavae.objectives import build_objective, kl_to_standard_normal
 from betavae.training.config import PRECISIONS
+from betavae.training.recipes import RECIPES, recipe_values
 from betavae.training.loop import arithmetic, check_precision, matmul_arithmetic, resolve_device
 
 LOOPS = ("plain", "plain-cl", "plain-tuned", "betavae")
@@ -113,26 +120,38 @@ def plain_loop(images: torch.Tensor, arch: str, batch: int, images_per_run: int,
 
 
 def betavae_loop(data: Path, arch: str, batch: int, images_per_run: int, device: str, precision: str,
-                 compile_mode: str) -> float:
+                 compile_mode: str, recipe: str | None = None) -> float:
     """Images/s of ``betavae.train`` on the same images, from its own logged step timing."""
     log_every = max(10, images_per_run // batch // 3)  # whole intervals only: the median is over like ones
+    values = {**recipe_values(recipe), "arch": arch} if recipe else {"arch": arch, "lr": 5e-4}
     with tempfile.TemporaryDirectory() as tmp:
-        config = betavae.TrainConfig(data=str(data), arch=arch, batch_size=batch, steps=4 * log_every, lr=5e-4,
-                                     log_every=log_every, checkpoint_every=100 * log_every, figures=False, device=device,
-                                     precision=precision, compile=compile_mode, out=str(Path(tmp) / "run"))
+        config = betavae.TrainConfig(**{**values, "data": str(data), "batch_size": batch, "steps": 4 * log_every,
+                                        "log_every": log_every, "checkpoint_every": 100 * log_every, "figures": False,
+                                        "device": device, "precision": precision, "compile": compile_mode,
+                                        "out": str(Path(tmp) / "run")})
         run = betavae.train(config, stream=io.StringIO())
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return statistics.median(r["images_per_second"] for r in records[1:])  # the first interval is warm-up
 
 
-def flops_per_image(arch: str, batch: int) -> float:
-    """Forward + backward FLOPs of one training step per image, counted by PyTorch."""
-    model = build_model(arch, 10, (1, 64, 64))
+def flops_per_image(arch: str, batch: int, recipe: str | None = None) -> float:
+    """Forward + backward FLOPs of one training step per image, counted by PyTorch: the β-VAE's, or with
+    ``recipe`` its objective's (FactorVAE's discriminator passes and its own step included)."""
+    config = betavae.recipe_config(recipe, arch=arch) if recipe else None
+    model = build_model(arch, 10, (1, 64, 64)) if config is None else \
+        build_model(config.arch, config.latents, (1, 64, 64), config.width)
     x = torch.rand(batch, 1, 64, 64)
+    objective = None if config is None else build_objective(config, 737_280)
     with FlopCounterMode(display=False) as counter:
         out = model(x)
-        loss = F.binary_cross_entropy_with_logits(out.recon, x) + kl_to_standard_normal(out.mu, out.logvar).mean()
-        loss.backward()
+        if objective is None:
+            loss = F.binary_cross_entropy_with_logits(out.recon, x) + kl_to_standard_normal(out.mu, out.logvar).mean()
+            loss.backward()
+        else:
+            output = VAEOutput(mu=out.mu, logvar=out.logvar, z=out.z, recon=out.recon)
+            loss, _ = objective(output, x, 0)
+            loss.backward()
+            objective.update_auxiliary(output, x, 0)
     return counter.get_total_flops() / batch
 
 
@@ -166,7 +185,10 @@ def _ints(text: str) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="burgess", choices=("burgess", "locatello"))
+    parser.add_argument("--arch", choices=("burgess", "locatello"),
+                        help="the net (default: burgess, or the recipe's own net with --recipe)")
+    parser.add_argument("--recipe", choices=tuple(RECIPES),
+                        help="the betavae variants train this recipe's objective and settings; no plain loops")
     parser.add_argument("--batch-sizes", default="64", help="comma-separated batch sizes (default: 64)")
     parser.add_argument("--threads", default="", help="comma-separated torch CPU thread counts (default: torch's)")
     parser.add_argument("--images-per-run", type=int, default=19200,
@@ -181,6 +203,9 @@ def main() -> None:
     args = parser.parse_args()
 
     device = resolve_device(args.device)
+    recipe = args.recipe
+    arch = args.arch or (betavae.recipe_config(recipe).arch if recipe else "burgess")
+    loops = ("betavae",) if recipe else LOOPS
     batches = _ints(args.batch_sizes)
     default_threads = torch.get_num_threads()
     threads = _ints(args.threads) or [default_threads]
@@ -192,7 +217,7 @@ def main() -> None:
             check_precision(precision, device)
         except ConfigError as error:
             parser.error(str(error))
-    variants = [Variant(loop, b, t, precision) for t in threads for b in batches for loop in LOOPS
+    variants = [Variant(loop, b, t, precision) for t in threads for b in batches for loop in loops
                 for precision in (precisions if loop == "betavae" else ["fp32"])]
 
     rng = np.random.default_rng(0)
@@ -208,19 +233,20 @@ def main() -> None:
             for v in variants:
                 torch.set_num_threads(v.threads)
                 if v.loop == "betavae":
-                    speed = betavae_loop(data, args.arch, v.batch, args.images_per_run, str(device),
-                                         v.precision, args.compile)
+                    speed = betavae_loop(data, arch, v.batch, args.images_per_run, str(device),
+                                         v.precision, args.compile, recipe)
                 else:
-                    speed = plain_loop(images, args.arch, v.batch, args.images_per_run, v.loop, device)
+                    speed = plain_loop(images, arch, v.batch, args.images_per_run, v.loop, device)
                 results[v].append(speed)
             torch.set_num_threads(default_threads)
             for kind, measured in peaks.items():
                 measured.append(matmul_peak_gflops(device, kind))
 
-    flops = flops_per_image(args.arch, batches[0])
+    flops = flops_per_image(arch, batches[0], recipe)
     peak = {kind: statistics.median(measured) for kind, measured in peaks.items()}
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"arch {args.arch} on {device} ({where}), {args.images_per_run:,} images per variant x {args.rounds} rounds, "
+    trained = f"recipe {recipe} ({RECIPES[recipe].summary}), " if recipe else ""
+    print(f"{trained}arch {arch} on {device} ({where}), {args.images_per_run:,} images per variant x {args.rounds} rounds, "
           f"torch {torch.__version__}; betavae precision {args.precision}, compile {args.compile}")
     print(f"training FLOPs per image (forward + backward): {flops / 1e6:.1f} MFLOP")
     for kind, gflops in peak.items():
@@ -233,18 +259,19 @@ def main() -> None:
               f"{100 * gflops / peak[kinds[v.precision]]:>8.1f}%  {kinds[v.precision]}")
     print(f"peak memory: {peak_memory_mib(device)}")
     best_betavae = max((v for v in variants if v.loop == "betavae"), key=medians.get)
-    best_plain = max((v for v in variants if v.loop != "betavae"), key=medians.get)
     minutes = STANDARD_BUDGET / medians[best_betavae] / 60
     print(f"standard budget (300,000 steps x 64 = 19.2 M images) at {best_betavae.label}'s rate: {minutes:,.1f} minutes")
     default = Variant("plain", 64 if 64 in batches else batches[0],
                       default_threads if default_threads in threads else threads[-1])
     same = Variant("betavae", default.batch, default.threads, precisions[0])
-    print(f"best plain variant: {best_plain.label}; best betavae: {best_betavae.label}")
     # Ratios round by round (the two ran minutes apart at most), then their median: drifts in the
     # machine's speed between rounds cancel out of each pair.
-    pairs = [(same, default, "the plain default loop"), (best_betavae, best_plain, "the best plain variant")]
-    pairs += [(Variant("betavae", default.batch, default.threads, p), same, f"betavae at {precisions[0]}")
-              for p in precisions[1:]]
+    pairs = [(Variant("betavae", default.batch, default.threads, p), same, f"betavae at {precisions[0]}")
+             for p in precisions[1:]]
+    if not recipe:
+        best_plain = max((v for v in variants if v.loop != "betavae"), key=medians.get)
+        print(f"best plain variant: {best_plain.label}; best betavae: {best_betavae.label}")
+        pairs = [(same, default, "the plain default loop"), (best_betavae, best_plain, "the best plain variant"), *pairs]
     for a, b, what in pairs:
         ratios = [x / y for x, y in zip(results[a], results[b])]
         print(f"ratio {a.label} / {b.label} ({what}): {statistics.median(ratios):.2f} "

@@ -108,8 +108,10 @@ def test_each_step_changes_only_its_own_parameters():
     assert 0.0 <= float(aux["discriminator_accuracy"]) <= 1.0
 
 
-def _train_discriminator(make_codes, steps: int = 150, batch: int = 256) -> FactorVAE:
+def _train_discriminator(make_codes, steps: int = 150, batch: int = 256,
+                         autocast_dtype: torch.dtype | None = None) -> FactorVAE:
     objective = FactorVAE(4, hidden=64, layers=3, discriminator_lr=1e-3, seed=0)
+    objective.autocast_dtype = autocast_dtype
     for step in range(steps):
         objective.update_auxiliary(_codes(make_codes(batch)), torch.empty(0), step)
     return objective
@@ -137,6 +139,43 @@ def test_discriminator_stays_near_chance_on_independent_codes_and_learns_depende
     assert abs(accuracy - 0.5) < 0.05 and abs(tc) < 0.15
     accuracy, tc = _held_out_accuracy_and_tc(_train_discriminator(dependent), dependent)
     assert accuracy > 0.75 and tc > 0.5  # the same training does tell dependent codes apart
+
+
+def test_under_bf16_the_discriminator_computes_in_bfloat16_and_hands_on_float32():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(64, 3, generator=g, requires_grad=True)
+    output = VAEOutput(mu=z, logvar=torch.zeros_like(z), z=z, recon=torch.randn(64, 1, 8, 8, generator=g))
+    x = (torch.rand(64, 1, 8, 8, generator=g) > 0.5).float()
+    seen: list[torch.dtype] = []
+    fp32, bf16 = FactorVAE(3, gamma=7.0, hidden=32, layers=2), FactorVAE(3, gamma=7.0, hidden=32, layers=2)
+    bf16.autocast_dtype = torch.bfloat16
+    for objective in (fp32, bf16):
+        objective.discriminator.net[0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    loss32, logs32 = fp32(output, x, step=0)
+    loss16, logs16 = bf16(output, x, step=0)
+    assert seen == [torch.float32, torch.bfloat16]
+    assert logs16["total_correlation"].dtype == loss16.dtype == torch.float32
+    # the same weights (same seed): bfloat16 rounds the products to 8 significant bits, nothing more
+    tc16, tc32 = logs16["total_correlation"].item(), logs32["total_correlation"].item()
+    assert tc16 == pytest.approx(tc32, abs=0.02)
+    assert loss16.item() == pytest.approx(loss32.item(), rel=1e-3)
+    (grad,) = torch.autograd.grad(loss16, z)
+    assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
+    before = _snapshot(bf16.discriminator)
+    logs = bf16.update_auxiliary(output, x, step=0)
+    assert seen[-1] == torch.bfloat16 and torch.isfinite(logs["discriminator_loss"])
+    assert all(p.dtype == torch.float32 for p in bf16.discriminator.parameters())  # weights stay float32
+    assert not _same(bf16.discriminator.parameters(), before)
+
+
+def test_a_bf16_discriminator_still_tells_dependent_codes_apart():
+    g = torch.Generator().manual_seed(0)
+
+    def dependent(n: int) -> torch.Tensor:
+        return torch.randn(n, 1, generator=g) + 0.3 * torch.randn(n, 4, generator=g)
+
+    accuracy, tc = _held_out_accuracy_and_tc(_train_discriminator(dependent, autocast_dtype=torch.bfloat16), dependent)
+    assert accuracy > 0.75 and tc > 0.5
 
 
 def test_auxiliary_state_round_trip_continues_identically(tmp_path):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 import betavae
 from betavae.errors import ConfigError
 from betavae.models import build_model
+from betavae.objectives.factor_vae import Discriminator
 from betavae.training.logging import read_metrics
 from betavae.training.loop import TrainingForward, matmul_arithmetic, resolve_precision
 
@@ -56,6 +57,24 @@ def test_the_objective_sees_fp32_under_bf16_autocast():
         assert model.decode(z).dtype == torch.bfloat16  # autocast is on inside
     assert all(t.dtype == torch.float32 for t in (mu, logvar, z, recon))
     torch.testing.assert_close(z, mu + eps * torch.exp(0.5 * logvar))
+
+
+def test_bf16_runs_factor_vaes_discriminator_in_bfloat16_too(data, tmp_path, monkeypatch):
+    """The training loop hands its autocast dtype to the objective: FactorVAE's discriminator, a network of
+    the objective's own, runs in bfloat16 under bf16 and in float32 under fp32."""
+    seen: list[torch.dtype] = []
+    forward = Discriminator.forward
+    monkeypatch.setattr(Discriminator, "forward", lambda self, z: seen.append(out := forward(self, z)) or out)
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        seen.clear()
+        runs[precision] = read_metrics(betavae.train(betavae.TrainConfig(
+            data=str(data), out=str(tmp_path / precision), precision=precision, objective="factor",
+            discriminator_width=32, discriminator_layers=2, **RUN), stream=io.StringIO()))
+        assert len(seen) == 2 * RUN["steps"]  # the VAE's step and its own, every step
+        assert {out.dtype for out in seen} == {torch.float32 if precision == "fp32" else torch.bfloat16}
+    assert all(np.isfinite(r["total_correlation"]) for r in runs["bf16"])
+    assert runs["bf16"][0]["loss"] == pytest.approx(runs["fp32"][0]["loss"], rel=1e-3)
 
 
 def test_precision_choices():

@@ -37,6 +37,9 @@ class Objective(nn.Module):
     #: whether torchrun's processes can train it as one process would (False: it trains a network of
     #: its own after each step, which DistributedDataParallel would not keep the same across processes)
     data_parallel: bool = True
+    #: the autocast dtype the training loop runs the model in (None: float32); it sets this before the
+    #: first step, and an objective with a network of its own runs that network's passes in it too
+    autocast_dtype: torch.dtype | None = None
 
     def __init__(self, likelihood: str = "bernoulli", likelihood_scale: float = 0.1):
         super().__init__()

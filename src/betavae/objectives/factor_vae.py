@@ -13,6 +13,11 @@ The two players train in turn, each updating only its own parameters (Algorithm 
   (lr 1e-4, betas (0.5, 0.9)) on a cross-entropy over detached codes, after clearing any gradient
   left on its parameters.
 
+Arithmetic: under bf16 autocast (``--precision bf16``, or ``auto`` on a GPU with bfloat16) the training
+loop sets :attr:`FactorVAE.autocast_dtype`, and the discriminator's matrix products run in bfloat16 as the
+VAE's do (its weights and Adam's state stay float32); its logits are cast to float32 before the total
+correlation or the cross-entropy is formed from them. Otherwise it runs in float32.
+
 Batches: the paper draws a second batch for the permuted samples. The loop gives one batch, so the
 discriminator step splits it: the first half's codes are the "real" samples and the second half,
 permuted, the "permuted" ones. The two sets then come from different images, as with two batches,
@@ -118,9 +123,15 @@ class FactorVAE(Objective):
             for p, flag in zip(self.discriminator.parameters(), flags):
                 p.requires_grad_(flag)
 
+    def discriminate(self, z: torch.Tensor) -> torch.Tensor:
+        """The discriminator's logits ``(B, 2)`` of codes ``z``, in float32 whatever arithmetic produced them."""
+        with torch.autocast(z.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            return self.discriminator(z).float()
+
     def regulariser(self, output: VAEOutput, kl: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         with self._frozen_discriminator():
-            logits = self.discriminator(output.z)  # (B, 2); gradients reach z only
+            logits = self.discriminate(output.z)  # (B, 2); gradients reach z only
         total_correlation = (logits[:, REAL] - logits[:, PERMUTED]).mean()
         return kl + self.gamma * total_correlation, {"total_correlation": total_correlation}
 
@@ -138,7 +149,7 @@ class FactorVAE(Objective):
         half = z.shape[0] // 2
         real = z[:half]
         permuted = permute_dims(z[half : 2 * half], self._permutation_generator(z.device))
-        logits = self.discriminator(torch.cat([real, permuted]))  # (2·half, 2)
+        logits = self.discriminate(torch.cat([real, permuted]))  # (2·half, 2)
         labels = torch.full((2 * half,), REAL, device=z.device)
         labels[half:] = PERMUTED
         loss = F.cross_entropy(logits, labels)

@@ -512,6 +512,8 @@ def run_steps(members: list[Member], net: Any, store: Any, spec: dict[str, Any],
     config = members[0].config  # the shared fields
     autocast_dtype = resolve_precision(config.precision, device)
     autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
+    for member in members:
+        member.objective.autocast_dtype = autocast_dtype  # an objective's own network runs as the model does
     channels_last = is_convolutional(config.arch)
     local = dist.local_slice(config.batch_size)  # this process's rows of every global batch
     time_limit = None if config.time_limit is None else config.time_limit * 60.0
