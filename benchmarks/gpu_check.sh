@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures in one command, in about 5 to 8 minutes on one data-centre GPU:
 #   1. training images/s at batch 64, 256 and 1024 with --precision bf16 and --compile cudagraphs
-#      (and fp32 and tf32 beside them), with the minutes the standard budget (300,000 steps) would take;
+#      (and fp32 and tf32 beside them), with the minutes the standard budget (300,000 steps) would take,
+#      and FactorVAE's step (dlib-factor) in fp32, tf32 and bf16;
 #   2. K = 8 models trained at once against one by one (images/s, peak memory);
 #   3. the full-protocol evaluation of a dSprites model on the GPU (betavae evaluate): wall time,
 #      encoding seconds and each metric's seconds.
@@ -28,6 +29,9 @@ for compile in off cudagraphs; do
 done
 "$PY" benchmarks/train_throughput.py --device cuda --batch-sizes 64,256,1024 --precision fp32,tf32 --rounds 3 \
     --images-per-run 65536
+# FactorVAE's step (dlib-factor: the discriminator's six 1,000-unit layers beside the VAE) in each arithmetic
+"$PY" benchmarks/train_throughput.py --device cuda --recipe dlib-factor --batch-sizes 64 --precision fp32,tf32,bf16 \
+    --rounds 3 --images-per-run 65536
 
 echo; echo "== 2. K models at once =="
 "$PY" benchmarks/parallel_models.py --device cuda --models 8 --steps 200 --rounds 3
