@@ -14,6 +14,7 @@ import betavae
 from betavae.errors import ConfigError
 from betavae.models import build_model
 from betavae.objectives.factor_vae import Discriminator
+from betavae.training import loop
 from betavae.training.logging import read_metrics
 from betavae.training.loop import TrainingForward, matmul_arithmetic, resolve_precision
 
@@ -75,6 +76,27 @@ def test_bf16_runs_factor_vaes_discriminator_in_bfloat16_too(data, tmp_path, mon
         assert {out.dtype for out in seen} == {torch.float32 if precision == "fp32" else torch.bfloat16}
     assert all(np.isfinite(r["total_correlation"]) for r in runs["bf16"])
     assert runs["bf16"][0]["loss"] == pytest.approx(runs["fp32"][0]["loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("has_bf16, precision, hinted", [(True, "auto", True), (True, "fp32", False),
+                                                         (True, "bf16", False), (False, "auto", False)])
+def test_first_line_points_cpus_with_bfloat16_to_bf16(data, tmp_path, monkeypatch, has_bf16, precision, hinted):
+    """``auto`` stays fp32 on the CPU; on a processor with bfloat16 instructions the run's first line says
+    that bf16 is faster there, unless the user chose the precision."""
+    monkeypatch.setattr(loop, "cpu_has_bfloat16", lambda: has_bf16)
+    stream = io.StringIO()
+    betavae.train(betavae.TrainConfig(data=str(data), out=str(tmp_path / "run"), precision=precision, **RUN),
+                  stream=stream)
+    first = stream.getvalue().splitlines()[0]
+    assert f"precision {'bf16' if precision == 'bf16' else 'fp32'}" in first
+    assert ("this CPU has bfloat16 instructions: --precision bf16" in first) == hinted
+
+
+def test_cpu_bfloat16_detection_reads_pytorchs_cpu_flags(monkeypatch):
+    for avx512_bf16, amx, expected in [(False, False, False), (True, False, True), (False, True, True)]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert loop.cpu_has_bfloat16() is expected
 
 
 def test_precision_choices():

@@ -489,13 +489,28 @@ PRECISION_LABELS = {"bf16": "bf16 (autocast; loss in fp32)", "tf32": "tf32 (fp32
                     "fp32": "fp32"}
 
 
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX), as PyTorch detects them. Only on such
+    processors is bf16 autocast faster than fp32 on the CPU (docs/performance.md)."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def precision_hint(precision: str, device: torch.device) -> str:
+    """Advice for the run's first line: ``auto`` keeps fp32 on a CPU even where bf16 would be faster."""
+    if precision != "auto" or device.type != "cpu" or not cpu_has_bfloat16():
+        return ""
+    return (" (this CPU has bfloat16 instructions: --precision bf16 trains faster here, dlib-factor 1.5 times as"
+            " fast; docs/performance.md)")
+
+
 def start_message(member: Member, dataset: ImageDataset, device: torch.device, where: str, start: int) -> str:
     """The line a run starts with: what trains on what, where, how, and for how long."""
     c = member.config
     return (f"betavae: training {c.objective} ({member.objective.weight_label()}) on "
             f"{getattr(dataset, 'name', 'data')} ({len(dataset)} images {tuple(dataset.image_shape)}) with {c.arch}"
             f"{'' if c.width is None else f' (width {c.width})'}, {c.latents} latents, on {where}, precision "
-            f"{PRECISION_LABELS[arithmetic(c.precision, device)]}, compile {c.compile}; steps {start}..{c.steps}"
+            f"{PRECISION_LABELS[arithmetic(c.precision, device)]}{precision_hint(c.precision, device)}, compile {c.compile}; steps {start}..{c.steps}"
             f"{'' if c.time_limit is None else f' or {c.time_limit:g} minutes of training'}; run directory {member.run_dir}")
 
 
