@@ -510,7 +510,8 @@ def start_message(member: Member, dataset: ImageDataset, device: torch.device, w
     return (f"betavae: training {c.objective} ({member.objective.weight_label()}) on "
             f"{getattr(dataset, 'name', 'data')} ({len(dataset)} images {tuple(dataset.image_shape)}) with {c.arch}"
             f"{'' if c.width is None else f' (width {c.width})'}, {c.latents} latents, on {where}, precision "
-            f"{PRECISION_LABELS[arithmetic(c.precision, device)]}{precision_hint(c.precision, device)}, compile {c.compile}; steps {start}..{c.steps}"
+            f"{PRECISION_LABELS[arithmetic(c.precision, device)]}{precision_hint(c.precision, device)}, "
+            f"compile {c.compile}; steps {start}..{c.steps}"
             f"{'' if c.time_limit is None else f' or {c.time_limit:g} minutes of training'}; run directory {member.run_dir}")
 
 
