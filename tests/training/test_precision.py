@@ -99,6 +99,18 @@ def test_cpu_bfloat16_detection_reads_pytorchs_cpu_flags(monkeypatch):
         assert loop.cpu_has_bfloat16() is expected
 
 
+@pytest.mark.parametrize("flags, expected", [("fpu sse2 avx512f avx512_bf16 avx512_vnni", True),
+                                             ("fpu amx_bf16 amx_tile", True), ("fpu sse2 avx2 avx512f", False)])
+def test_cpu_bfloat16_detection_reads_linux_cpu_flags_when_pytorch_does_not_say(monkeypatch, tmp_path, flags,
+                                                                                expected):
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: a test CPU\nflags\t\t: {flags}\nbugs\t\t: avx512_bf16\n")
+    assert loop.cpu_has_bfloat16(cpuinfo) is expected
+    assert loop.cpu_has_bfloat16(tmp_path / "missing") is False  # not Linux: no hint rather than an error
+
+
 def test_precision_choices():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) is None  # fp32 on the CPU
