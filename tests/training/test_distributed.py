@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,10 +49,17 @@ def _flags(values: dict) -> list[str]:
 
 
 def _torchrun(cwd, *args: str) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2 -m betavae ARGS``, each process through ``torchrun_betavae.py``, which
+    reports the gloo threads it has left once betavae returns."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "betavae", *args]
+               str(Path(__file__).with_name("torchrun_betavae.py")), *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+
+
+def _group_freed(stderr: str) -> bool:
+    """Whether both processes had joined the process group's threads when betavae returned (Linux)."""
+    return stderr.count("gloo threads left: 0") == 2 if sys.platform == "linux" else True
 
 
 def _weights(run) -> dict[str, torch.Tensor]:
@@ -93,6 +101,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(runs):
     assert "on 2 torchrun processes (cpu, 4 images each)" in stderr
     assert stderr.count("betavae: done") == 1
     assert len(list_checkpoints(ddp)) == 12
+    assert _group_freed(stderr), stderr[-2000:]
 
 
 def test_resume_under_torchrun_from_a_checkpoint_between_log_steps(runs, tmp_path):
@@ -105,6 +114,7 @@ def test_resume_under_torchrun_from_a_checkpoint_between_log_steps(runs, tmp_pat
     result = _torchrun(root, "train", "--resume", str(part))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "steps 11..12" in result.stderr
+    assert _group_freed(result.stderr), result.stderr[-2000:]
     assert _differences(_weights(ddp), _weights(part)).max() <= 1e-6
     before, after = read_metrics(ddp), read_metrics(part)
     assert [r["step"] for r in after] == [4, 8, 12]

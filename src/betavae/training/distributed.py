@@ -145,11 +145,20 @@ def process_group(dist: Distributed, device: torch.device) -> Iterator[None]:
     """Join torchrun's process group for the duration (NCCL on CUDA, gloo on the CPU); leave it after.
 
     A group that the caller had already set up is used as it is and left alone.
+
+    Leaving the group must free it, so that its gloo worker threads are joined before the interpreter
+    exits. ``torch.distributed.nn.functional`` binds ``group.WORLD`` as a default argument of its
+    functions when it is first imported, and the first Adam (through ``torch._dynamo``) and
+    DistributedDataParallel import it. Imported while the group exists, it would hold that group to
+    the end, and a worker thread still freeing the last collective's tensors as Python shuts down
+    would abort the process ("terminate called without an active exception") after a run that
+    finished well. So it is imported here first, while ``group.WORLD`` is still None.
     """
     if not dist.enabled:
         yield
         return
     import torch.distributed as td
+    import torch.distributed.nn as _functions  # noqa: F401  (before the group exists: see above)
 
     owned = not td.is_initialized()
     if owned:
