@@ -139,7 +139,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f" orientation need far longer training (published models: 300,000 steps) and a total-correlation objective:"
         f" betavae train --recipe dlib-factor --time-limit 30 draws large squares and ellipses with their orientation"
         f" within 30 minutes on 2 CPU cores, and the shipped model dsprites-dlib-factor is that recipe trained longer"
-        f" (betavae reference). Train further with: betavae train --resume {run_dir} --steps 20000\n"
+        f" (betavae reference); betavae train --recipe broadcast-factor --time-limit 30, its spatial broadcast"
+        f" decoder keeping x and y on the axes, reaches MIG 0.4 in those 30 minutes, with rounder squares and hearts"
+        f" (dsprites-broadcast-factor). Train further with: betavae train --resume {run_dir} --steps 20000\n"
         f"and evaluate every metric with: betavae evaluate {run_dir}",
     )
     return 0

@@ -33,6 +33,36 @@ def test_published_locatello_layout_at_64_pixels():
     assert [d.out_channels for d in deconvs] == [64, 32, 32, 1]
 
 
+def test_broadcast_decoder_tiles_the_code_beside_the_coordinates():
+    from betavae.models.architectures import SpatialBroadcast
+
+    grid = SpatialBroadcast(latents=3, side=16)(torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 7.0]]))
+    assert grid.shape == (2, 5, 16, 16)
+    assert torch.equal(grid[0, 1], torch.full((16, 16), -2.0)) and torch.equal(grid[1, 2], torch.full((16, 16), 7.0))
+    x, y = grid[0, 3], grid[0, 4]
+    assert torch.equal(x[5], torch.linspace(-1, 1, 16)) and torch.equal(x[:, 5], torch.full((16,), float(x[0, 5])))
+    assert torch.equal(y[:, 5], torch.linspace(-1, 1, 16)) and torch.equal(grid[1, 3:], grid[0, 3:])
+
+
+def test_broadcast_layout_and_weights_without_the_fixed_grid():
+    model = build_model("broadcast", 10, (1, 64, 64))
+    convs = [m for m in model.decoder.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert [(type(c).__name__, c.in_channels, c.out_channels) for c in convs] == [
+        ("Conv2d", 12, 32), ("Conv2d", 32, 32), ("ConvTranspose2d", 32, 32), ("ConvTranspose2d", 32, 1)]
+    assert not any("coords" in key for key in model.state_dict())  # the grid is rebuilt, not stored
+    twin = build_model("broadcast", 10, (1, 64, 64))
+    twin.load_state_dict(model.state_dict())
+    z = torch.randn(4, 10)
+    torch.testing.assert_close(twin.decode(z), model.decode(z))
+
+
+def test_broadcast_width_sets_the_decoder_alone():
+    model = build_model("broadcast", 10, (1, 64, 64), width=48)
+    assert [m.out_channels for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d)] == [48, 48]
+    encoder = build_model("broadcast", 10, (1, 64, 64)).encoder
+    assert [p.shape for p in model.encoder.parameters()] == [p.shape for p in encoder.parameters()]
+
+
 def test_bad_model_arguments():
     with pytest.raises(ConfigError, match="latents must be at least 1"):
         build_model("burgess", 0, (1, 64, 64))

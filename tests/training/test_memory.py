@@ -28,7 +28,7 @@ def _outputs_by_forward(model, image_shape):
 
 
 @pytest.mark.parametrize("arch, width", [("burgess", None), ("burgess", 7), ("locatello", None), ("mlp", None),
-                                         ("mlp", 33)])
+                                         ("mlp", 33), ("broadcast", None)])
 @pytest.mark.parametrize("image_shape", [(1, 32, 32), (3, 64, 64), (1, 128, 128)])
 def test_layer_outputs_from_shapes_match_a_forward_pass(arch, width, image_shape):
     model = build_model(arch, 5, image_shape, width)

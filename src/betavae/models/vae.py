@@ -5,6 +5,7 @@ It holds no loss code: objectives (``betavae.objectives``) turn a :class:`VAEOut
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -51,9 +52,9 @@ class VAE(nn.Module):
 def build_model(arch: str, latents: int, image_shape: tuple[int, int, int], width: int | None = None) -> VAE:
     """A :class:`VAE` of architecture ``arch`` for images ``(C, H, W)`` and ``latents`` dims.
 
-    ``width`` sets the channels of every convolution of ``burgess`` (published: 32) or the hidden
-    units of ``mlp`` (published: 1200); ``None`` keeps the published width. ``locatello``'s widths
-    are fixed by its definition.
+    ``width`` sets the channels of every convolution of ``burgess`` (published: 32), the hidden
+    units of ``mlp`` (published: 1200) or the channels of ``broadcast``'s decoder (default 32);
+    ``None`` keeps the published width. ``locatello``'s widths are fixed by its definition.
     """
     if arch not in ARCHITECTURES:
         raise ConfigError(f"unknown architecture '{arch}'; choose one of: {', '.join(ARCHITECTURES)}.")
@@ -68,7 +69,10 @@ def build_model(arch: str, latents: int, image_shape: tuple[int, int, int], widt
     if not isinstance(width, int) or isinstance(width, bool) or width < 1:
         raise ConfigError(f"width must be a whole number >= 1, got {width!r}.")
     kwargs = {WIDTH_PARAMETER[arch]: width}
-    return VAE(encoder_cls(image_shape, latents, **kwargs), decoder_cls(image_shape, latents, **kwargs), latents)
+    # broadcast's width is its decoder's alone: its encoder is locatello's, of fixed widths
+    encoder_kwargs = kwargs if WIDTH_PARAMETER[arch] in inspect.signature(encoder_cls).parameters else {}
+    return VAE(encoder_cls(image_shape, latents, **encoder_kwargs), decoder_cls(image_shape, latents, **kwargs),
+               latents)
 
 
 def model_spec(arch: str, latents: int, image_shape: tuple[int, int, int], width: int | None = None) -> dict:

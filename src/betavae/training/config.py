@@ -61,8 +61,9 @@ class TrainConfig:
                                     "fast-cpu disentangles dSprites on a laptop CPU in minutes); flags given "
                                     "explicitly win over the recipe")
     arch: str = _opt("burgess", "network architecture", choices=tuple(ARCHITECTURES))
-    width: int | None = _opt(None, "channels of each convolution (burgess; published 32) or hidden units (mlp; "
-                                   "published 1200); default: the published width")
+    width: int | None = _opt(None, "channels of each convolution (burgess; published 32), hidden units (mlp; "
+                                   "published 1200) or channels of the decoder (broadcast; 32); default: the "
+                                   "published width")
     latents: int = _opt(10, "number of latent dimensions")
     # Objective
     objective: str = _opt("beta", "training objective: beta (β-VAE), capacity (capacity-annealed β-VAE), factor (FactorVAE), "

@@ -21,6 +21,7 @@ from torch import nn
 
 from betavae.errors import ConfigError
 from betavae.models import VAE, build_model
+from betavae.models.architectures import SpatialBroadcast
 
 BYTES_PER_PARAMETER = 16  # fp32 weight, gradient, Adam's first and second moments
 GIB = 2**30
@@ -71,6 +72,8 @@ def layer_outputs(model: VAE, image_shape: tuple[int, int, int]) -> int:
             size = module.out_channels * side * side
         elif isinstance(module, nn.Linear):
             size = module.out_features
+        elif isinstance(module, SpatialBroadcast):
+            size = (module.latents + 2) * module.side * module.side
         total += size  # activations and Flatten keep the size
     return total
 
