@@ -10,9 +10,10 @@
 ``broadcast`` the ``locatello`` encoder with a spatial broadcast decoder (Watters et al. 2019, "Spatial
               Broadcast Decoder"): the code is tiled over a grid at a quarter of the image's side, two
               fixed coordinate channels (x, y in [-1, 1]) are appended, two 3x3 convolutions of 32
-              channels (``--width``) follow, then two transposed convolutions (4x4 s2) up to the image. The paper's
-              decoder broadcasts at full resolution with four 3x3 convolutions of 64 channels; this
-              one costs about what the ``locatello`` decoder costs on a CPU (docs/recipes.md).
+              channels (``--width``) follow, then two transposed convolutions (4x4 s2) up to the
+              image. The paper's decoder broadcasts at full resolution with four 3x3 convolutions of
+              64 channels; this one costs about what the ``locatello`` decoder costs on a CPU
+              (docs/recipes.md).
 
 The convolutional nets adapt to square images of 32, 64 or 128 pixels by the number of halvings
 (the published nets are the 64-pixel case). Decoders return logits (or means) ``(B, C, H, W)``.
