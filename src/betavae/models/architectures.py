@@ -201,5 +201,7 @@ ARCHITECTURES: dict[str, tuple[type[nn.Module], type[nn.Module], bool]] = {
     "broadcast": (LocatelloEncoder, BroadcastDecoder, True),
 }
 
-# The constructor argument that ``width`` sets, per architecture that has one.
-WIDTH_PARAMETER: dict[str, str] = {"burgess": "channels", "mlp": "hidden", "broadcast": "channels"}
+# The constructor arguments that ``width`` sets, (encoder's, decoder's), per architecture that has one;
+# None: that net's widths are fixed (broadcast's encoder is locatello's).
+WIDTH_PARAMETER: dict[str, tuple[str | None, str]] = {
+    "burgess": ("channels", "channels"), "mlp": ("hidden", "hidden"), "broadcast": (None, "channels")}

@@ -5,7 +5,6 @@ It holds no loss code: objectives (``betavae.objectives``) turn a :class:`VAEOut
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -68,11 +67,10 @@ def build_model(arch: str, latents: int, image_shape: tuple[int, int, int], widt
                           f"--arch {' or '.join(WIDTH_PARAMETER)}.")
     if not isinstance(width, int) or isinstance(width, bool) or width < 1:
         raise ConfigError(f"width must be a whole number >= 1, got {width!r}.")
-    kwargs = {WIDTH_PARAMETER[arch]: width}
-    # broadcast's width is its decoder's alone: its encoder is locatello's, of fixed widths
-    encoder_kwargs = kwargs if WIDTH_PARAMETER[arch] in inspect.signature(encoder_cls).parameters else {}
-    return VAE(encoder_cls(image_shape, latents, **encoder_kwargs), decoder_cls(image_shape, latents, **kwargs),
-               latents)
+    encoder_parameter, decoder_parameter = WIDTH_PARAMETER[arch]
+    encoder_kwargs = {encoder_parameter: width} if encoder_parameter else {}
+    return VAE(encoder_cls(image_shape, latents, **encoder_kwargs),
+               decoder_cls(image_shape, latents, **{decoder_parameter: width}), latents)
 
 
 def model_spec(arch: str, latents: int, image_shape: tuple[int, int, int], width: int | None = None) -> dict:
