@@ -176,3 +176,23 @@ def test_a_turned_pair_is_described_with_its_cause():
     note = _rotations_note([{"factors": ("posX", "posY"), "dims": (3, 8), "angle": 16.2, "r2": (0.93, 0.94)}])
     assert "posX and posY share z3 and z8, turned 16° from the dims" in note
     assert "Rolinek et al. 2019" in note and "--objective tc" in note
+
+
+def test_reference_section_shows_the_shipped_model_beside_the_run(beta_run, tmp_path, parse_page):
+    import betavae
+    from betavae import reference
+    from betavae.data import dataset_from_config
+    from betavae.training import TrainConfig
+
+    run = tmp_path / "run"
+    shutil.copytree(beta_run, run)
+    model, dataset = betavae.load(beta_run), dataset_from_config(TrainConfig.load(beta_run))
+    name = reference.DEMO_REFERENCE
+    page = parse_page(run_report(run, model, dataset, mi_images=300, reference=name))
+    assert "reference" in page.sections
+    # its traversals and what it draws, to hold beside the run's own figures
+    assert page.figures("reference") == ["reference_traversals", "reference_reconstructions"]
+    text, meta = page.text["reference"], reference.info(name)
+    assert name in text and meta["summary"] in text and meta["command"] in text
+    mig = reference.summary_values(reference.evaluation(name))["MIG"]
+    assert f"MIGnot evaluated{fmt_number(mig)}" in text  # this run has no evaluation yet; the reference's is stored

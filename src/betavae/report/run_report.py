@@ -366,6 +366,11 @@ def _reference_section(run_dir: Path, name: str) -> str:
         parts.append(figure(img_file(grid, "reference model's traversal grid", "reference_traversals"),
                             "The reference model's traversals, one row per dim sorted by KL: position, scale and "
                             "(partly) shape or orientation each move in a dim of their own."))
+    drawn = reference.path(name) / FIGURES_DIR / RECONSTRUCTIONS_FIGURE
+    if drawn.is_file():
+        parts.append(figure(img_file(drawn, "reference model's reconstructions", "reference_reconstructions"),
+                            "The reference model's reconstructions, inputs over outputs: what of the shapes it draws, "
+                            "to hold beside this run's reconstructions above."))
     parts.append(f'<p class="caption">Reproduce it: <code>{esc(meta.get("command", ""))}</code></p>')
     return "".join(parts)
 
