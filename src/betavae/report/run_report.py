@@ -368,7 +368,8 @@ def _reference_section(run_dir: Path, name: str) -> str:
                             "(partly) shape or orientation each move in a dim of their own."))
     drawn = reference.path(name) / FIGURES_DIR / RECONSTRUCTIONS_FIGURE
     if drawn.is_file():
-        parts.append(figure(img_file(drawn, "reference model's reconstructions", "reference_reconstructions"),
+        parts.append(figure(img_file(drawn, "reference model's reconstructions", "reference_reconstructions",
+                                     pixelated=True, width=900),
                             "The reference model's reconstructions, inputs over outputs: what of the shapes it draws, "
                             "to hold beside this run's reconstructions above."))
     parts.append(f'<p class="caption">Reproduce it: <code>{esc(meta.get("command", ""))}</code></p>')
