@@ -124,6 +124,31 @@ def test_a_dim_that_collapses_after_being_active_is_an_event_and_an_episode():
     assert "stayed collapsed to the end" in still[0]["text"]
 
 
+def test_a_dim_hovering_at_the_threshold_after_its_collapse_is_one_episode():
+    """A dim in disuse whose minibatch KL crosses the threshold now and then (here for two records in every
+    four, 0.12 against 0.1) stays collapsed: it counts as active again only at twice the threshold."""
+    def kl(step):
+        if step < 500:
+            return [2.0, 1.0]
+        return [2.0, 0.12 if (step // 100) % 4 in (0, 1) else 0.05]
+
+    records = [_record(s, kl(s), 200.0) for s in range(100, 3001, 100)]
+    monitor = LiveDiagnosis(**SETTINGS)
+    events = _events(monitor, records)
+    assert [(e["state"], e["step"], e["dims"]) for _, e in events] == [("started", 600, [1])]
+    (episode,) = monitor.episodes()
+    assert (episode["dims"], episode["start"], episode["ongoing"]) == ([1], 600, True)
+
+    # a dim that never reached twice the threshold was never active: no episode at all
+    never = [_record(s, [2.0, 0.12 if (s // 100) % 2 else 0.05], 200.0) for s in range(100, 2001, 100)]
+    assert run_episodes(never, **SETTINGS) == []
+
+    # a real return (KL at 0.3 for two records) ends the episode
+    back = records + [_record(s, [2.0, 0.3], 200.0) for s in (3100, 3200)]
+    (episode,) = run_episodes(back, **SETTINGS)
+    assert (episode["start"], episode["end"], episode["active_again"]) == (600, 3000, 3100)
+
+
 def test_end_diagnosis_describes_the_whole_run_beside_the_last_step():
     diagnosis = diagnose_run(_collapse_100_to_700(), **SETTINGS)
     assert diagnosis["step"] == 2000 and {f["code"] for f in diagnosis["findings"]} == {"ok"}

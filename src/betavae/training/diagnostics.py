@@ -184,6 +184,11 @@ COLLAPSED_KL = 0.5
 #: Consecutive logged records that must agree before a state changes: one noisy record neither starts
 #: nor ends an episode.
 PERSISTENCE = 2
+#: A dim counts as active (for the first time, or again after a collapse) only once its KL reaches this many
+#: times the collapse threshold; it counts as collapsed once it falls below the threshold itself. The gap
+#: between the two keeps a dim whose minibatch KL hovers at the threshold (a dim in disuse, whose estimate
+#: from 64 images now and then crosses 0.1 nats) from opening and closing an episode at every crossing.
+ACTIVE_MARGIN = 2.0
 
 
 class _Latch:
@@ -232,8 +237,9 @@ class LiveDiagnosis:
     - ``kl_collapse``: the total KL below ``max(collapse_threshold, 0.5)`` nats while the reconstruction
       is less than 10% better than the decoder that ignores z (β too high, or the model too small);
     - ``kl_high``: the KL above log N nats for N distinct images (β too low);
-    - ``dim_collapse``: a latent dim that had been active (KL >= ``collapse_threshold``) falls below
-      the threshold; it ends if the dim becomes active again. Dims never active are not episodes.
+    - ``dim_collapse``: a latent dim that had been active (KL >= :data:`ACTIVE_MARGIN` times
+      ``collapse_threshold``) falls below the threshold; it ends if the dim becomes active again (by the
+      same margin). Dims never active are not episodes.
 
     :meth:`observe` returns the events (starts and ends) a record brings, each once, at the record
     where it is detected; the event's ``step`` is where the change began. :meth:`episodes` describes
@@ -247,6 +253,7 @@ class LiveDiagnosis:
         self.weight = weight
         self.kl_high_advice = kl_high_advice or _default_kl_high_advice(weight)
         self.collapse_threshold = collapse_threshold
+        self.active_threshold = ACTIVE_MARGIN * collapse_threshold
         self.baseline_reconstruction = baseline_reconstruction
         self.dataset_size = dataset_size
         self.persistence = persistence
@@ -288,7 +295,8 @@ class LiveDiagnosis:
             self._ever_active = [False] * len(kl_per_dim)
         fell, revived = [], []
         for d, (latch, value) in enumerate(zip(self._dims, kl_per_dim)):
-            flip = latch.update(value >= self.collapse_threshold, step)
+            # hysteresis: an active dim stays so down to the threshold; an inactive one needs the margin
+            flip = latch.update(value >= (self.collapse_threshold if latch.state else self.active_threshold), step)
             if flip is None:
                 continue
             if latch.state:
