@@ -205,6 +205,19 @@ def test_evaluate_prints_a_table_and_writes_the_file(small_npy, tmp_path, capsys
     assert code == 2 and "unknown metric" in capsys.readouterr().err
 
 
+def test_evaluate_prints_which_factors_the_reconstructions_show():
+    from betavae.cli import _readback_summary
+
+    record = {"reconstructed_factors": [
+        {"factor": "shape", "values": 3, "images": 1000, "accuracy": 0.632, "floor": 0.33},
+        {"factor": "orientation", "values": 40, "images": 1000, "accuracy": 0.066, "floor": 0.033}]}
+    text = _readback_summary(record)
+    assert "(1,000 images)" in text
+    assert "  shape         63.2% of images   floor  33.0%   (3 values)" in text
+    assert "  orientation    6.6% of images   floor   3.3%   (40 values)" in text
+    assert _readback_summary({"reconstructed_factors": []}) == "" and _readback_summary({}) == ""
+
+
 @pytest.mark.parametrize("degrees", [25.0, 3.0])
 def test_evaluate_prints_the_pairs_of_factors_and_their_angle(degrees):
     from betavae.cli import _pairs_summary

@@ -183,6 +183,13 @@ def _reference_comparison(record: dict, name: str | None) -> str:
     for label, value in theirs.items():
         mine = f"{ours[label]:.3f}" if label in ours else "-"
         lines.append(f"  {label:<22}{mine:>12}{value:>12.3f}")
+    ours_shown = {r["factor"]: r["accuracy"] for r in record.get("reconstructed_factors") or []}
+    theirs_shown = {r["factor"]: r["accuracy"] for r in reference.evaluation(name).get("reconstructed_factors") or []}
+    shared = [f for f in theirs_shown if f in ours_shown]
+    if shared:
+        images = next(r.get("images") for r in record["reconstructed_factors"])
+        lines.append(f"  factors the reconstructions show (of {images:,} images; docs/metrics.md):")
+        lines += [f"    {f:<20}{100 * ours_shown[f]:>11.1f}%{100 * theirs_shown[f]:>11.1f}%" for f in shared]
     lines.append(f"  its traversals and metrics are in the report; its files: {reference.path(name)}")
     lines.append(f"  train one like it: {meta.get('command', 'betavae train --recipe fast-cpu')}")
     return "\n".join(lines) + "\n\n"
@@ -293,6 +300,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_table(record))
     pairs = _pairs_summary(record)
     print(f"\n{pairs}" if pairs else "", end="")
+    shown = _readback_summary(record)
+    print(f"\n{shown}" if shown else "", end="")
     print(f"\n{record['images_encoded']:,} distinct images encoded for {record['images_requested']:,} requested; "
           f"written to {Path(args.run) / EVALUATION_FILE}")
     return 0
@@ -313,6 +322,23 @@ def _pairs_summary(record: dict) -> str:
     if any(p["turned"] for p in pairs):
         lines.append(f"A pair turned {ROTATION_DEGREES:g}° or more spreads each factor over both dims, which MIG "
                      f"scores low whatever the dims hold; docs/metrics.md says why.")
+    return "\n".join(lines) + "\n"
+
+
+def _readback_summary(record: dict) -> str:
+    """The ``reconstructed_factors`` of an evaluation record in lines: how often a reconstruction is nearest to
+    its input among the images that differ from it in one factor (empty when the record has none)."""
+    rows = record.get("reconstructed_factors") or []
+    if not rows:
+        return ""
+    width = max(len(r["factor"]) for r in rows)
+    images = rows[0].get("images")
+    lines = [f"Factors the reconstructions show{f' ({images:,} images)' if images else ''}: how often a reconstruction is"
+             " nearer its input than",
+             "every image that differs from the input in that factor alone (floor: the mean image in place of every"
+             " reconstruction):"]
+    lines += [f"  {r['factor']:<{width}}  {100 * r['accuracy']:5.1f}% of images   floor {100 * r['floor']:5.1f}%   "
+              f"({r['values']} values)" for r in rows]
     return "\n".join(lines) + "\n"
 
 

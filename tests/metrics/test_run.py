@@ -44,7 +44,7 @@ def test_encoder_fn_mean_and_sampled(model):
 
 
 def test_evaluate_run_writes_a_complete_record(run_dir, model):
-    record = evaluate_run(run_dir, "mig,unsupervised", seed=2, batch_size=256, params=PARAMS)
+    record = evaluate_run(run_dir, "mig,unsupervised", seed=2, batch_size=256, params=PARAMS, readback_images=150)
     assert json.loads((run_dir / "evaluation.json").read_text()) == record
     assert not list(run_dir.glob(".evaluation.json*"))  # no temporary file left behind
     from betavae.data import DSprites
@@ -61,6 +61,19 @@ def test_evaluate_run_writes_a_complete_record(run_dir, model):
     from betavae.metrics.run import factor_pairs
 
     assert record["factor_pairs"] == factor_pairs(model, DSprites(), seed=2)
+    # which factors its reconstructions show, read back on the evaluation's seed (dSprites is a full grid)
+    from betavae.report.analysis import factors_in_reconstructions
+
+    assert record["reconstructed_factors"] == factors_in_reconstructions(model, DSprites(), 150, seed=2)
+    assert [r["factor"] for r in record["reconstructed_factors"]] == list(DSprites().factor_names)
+
+
+def test_evaluate_run_leaves_the_read_back_out_when_asked_and_refuses_a_bad_count(run_dir):
+    record = evaluate_run(run_dir, "mig", seed=0, params=PARAMS, readback_images=0)
+    assert "reconstructed_factors" not in record and "factor_pairs" in record
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ConfigError, match="readback_images"):
+            evaluate_run(run_dir, "mig", params=PARAMS, readback_images=bad)
 
 
 @pytest.mark.parametrize("degrees", [0.0, 4.0, 25.0, 40.0])

@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
+import torch
 
+from betavae.errors import DataError
 from betavae.metrics.utils import discrete_entropy
-from betavae.report.analysis import (code_factor_information, mean_code_by_factor, mutual_information_matrix, pair_angles,
-                                     rotated_pairs, rotation_sentence)
+from betavae.report.analysis import (code_factor_information, factors_in_reconstructions, mean_code_by_factor,
+                                     mutual_information_matrix, pair_angles, rotated_pairs, rotation_sentence)
 from tests.metrics.conftest import FactorGrid
 from tests.report.conftest import TurnedEncoder
 
@@ -124,3 +126,74 @@ def test_code_factor_information_finds_the_turn_of_a_real_encoding():
     (pair,) = found.rotated_pairs()
     assert pair["factors"] == ("f3", "f4") and pair["dims"] == (1, 4) and abs(pair["angle"] - 25.0) < 1.0
     assert code_factor_information(TurnedEncoder(0.0, sizes), FactorGrid(sizes), n=3000).rotated_pairs() == []
+
+
+class UnitGrid(FactorGrid):
+    """FactorGrid whose pixel k is factor k's class index scaled to [0, 1]."""
+
+    def images(self, indices: np.ndarray) -> np.ndarray:
+        scale = np.maximum(np.array(self.factor_sizes, dtype=np.float32) - 1, 1)
+        return super().images(indices) / scale.reshape(1, 1, 1, -1)
+
+
+class PixelCopy(torch.nn.Module):
+    """An 'autoencoder' of 1x1xK images: its code is the image; its decoder draws the code, except the pixels
+    ``forget``, which it draws grey (0.5) whatever the input."""
+
+    def __init__(self, k: int, forget: tuple[int, ...] = ()):
+        super().__init__()
+        self.latents, self.forget = k, list(forget)
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # a device to be found on
+
+    def encode(self, x):
+        flat = x.reshape(len(x), -1)
+        return flat, torch.zeros_like(flat)
+
+    def decode(self, z):
+        drawn = z.clone()
+        drawn[:, self.forget] = 0.5
+        return torch.logit(drawn.clamp(1e-4, 1 - 1e-4)).reshape(len(z), 1, 1, -1)  # decoded_mean is the sigmoid
+
+
+def test_reconstructions_that_copy_the_input_show_every_factor():
+    sizes = (3, 6, 5)
+    found = factors_in_reconstructions(PixelCopy(3), UnitGrid(sizes), n=300, seed=0)
+    assert [r["factor"] for r in found] == ["f0", "f1", "f2"] and [r["values"] for r in found] == list(sizes)
+    assert all(r["accuracy"] == 1.0 and r["images"] == 300 for r in found)
+
+
+def test_a_factor_the_decoder_forgets_is_shown_only_where_grey_is_its_value():
+    # pixel 0 drawn 0.5 always: of the values 0, 0.5, 1 of a 3-valued factor, grey is nearest to 0.5 alone,
+    # so the reconstruction shows f0 for the third of the images whose f0 is the middle value, and no others
+    sizes = (3, 6, 4)
+    grid = UnitGrid(sizes)
+    found = {r["factor"]: r for r in factors_in_reconstructions(PixelCopy(3, forget=(0,)), grid, n=1200, seed=1)}
+    middle = (grid.sample_factors(1200, np.random.default_rng(1))[:, 0] == 1).mean()  # the same draw
+    assert found["f0"]["accuracy"] == pytest.approx(middle, abs=1e-4) and 0.28 < middle < 0.39
+    assert found["f1"]["accuracy"] == 1.0 and found["f2"]["accuracy"] == 1.0
+    # the floor is that of the mean image, which ignores the code: grey-ish in every pixel, it shows f1's
+    # middle values at most (0.4 or 0.6 of 0, 0.2, ..., 1), about one image in six
+    assert 0.1 < found["f1"]["floor"] < 0.25
+
+
+def test_images_identical_to_the_input_are_not_held_against_a_reconstruction():
+    class Ignored(UnitGrid):  # factor 1 is not drawn: its values all give the same image
+        def images(self, indices):
+            out = super().images(indices)
+            out[..., 1] = 0.0
+            return out
+
+    found = {r["factor"]: r for r in factors_in_reconstructions(PixelCopy(3), Ignored((3, 4, 5)), n=200, seed=0)}
+    assert found["f1"]["accuracy"] == 1.0 and found["f0"]["accuracy"] == 1.0
+
+
+def test_reading_back_needs_a_full_grid_and_an_image_count():
+    class Partial(UnitGrid):
+        @property
+        def is_full_grid(self):
+            return False
+
+    with pytest.raises(DataError, match="full factor grid"):
+        factors_in_reconstructions(PixelCopy(3), Partial((3, 4, 5)), n=10)
+    with pytest.raises(DataError, match="at least 1"):
+        factors_in_reconstructions(PixelCopy(3), UnitGrid((3, 4, 5)), n=0)

@@ -196,3 +196,30 @@ def test_reference_section_shows_the_shipped_model_beside_the_run(beta_run, tmp_
     assert name in text and meta["summary"] in text and meta["command"] in text
     mig = reference.summary_values(reference.evaluation(name))["MIG"]
     assert f"MIGnot evaluated{fmt_number(mig)}" in text  # this run has no evaluation yet; the reference's is stored
+
+
+def test_report_shows_which_factors_the_reconstructions_show_beside_the_reference(beta_run, tmp_path, parse_page):
+    import betavae
+    from betavae import reference
+    from betavae.data import dataset_from_config
+    from betavae.training import TrainConfig
+
+    run = tmp_path / "run"
+    shutil.copytree(beta_run, run)
+    rows = [{"factor": "shape", "values": 3, "images": 1000, "accuracy": 0.632, "floor": 0.33},
+            {"factor": "orientation", "values": 40, "images": 1000, "accuracy": 0.066, "floor": 0.033}]
+    (run / "evaluation.json").write_text(json.dumps({"metrics": {}, "reconstructed_factors": rows}))
+    model, dataset = betavae.load(beta_run), dataset_from_config(TrainConfig.load(beta_run))
+    name = reference.DEMO_REFERENCE
+    page = parse_page(run_report(run, model, dataset, mi_images=300, reference=name))
+    shown = page.text["reconstructions"]
+    assert "shape63.2%33.0%3" in shown and "orientation6.6%3.3%40" in shown and "floor" in shown
+    theirs = {r["factor"]: r["accuracy"] for r in reference.evaluation(name)["reconstructed_factors"]}
+    assert f"shape63.2%{100 * theirs['shape']:.1f}%" in page.text["reference"]
+    # a damaged entry is said, not a traceback; a run evaluated without it shows no table
+    (run / "evaluation.json").write_text(json.dumps({"metrics": {}, "reconstructed_factors": [{"factor": "shape"}]}))
+    page = parse_page(run_report(run, model, dataset, mi_images=300))
+    assert "could not be read" in page.text["reconstructions"]
+    (run / "evaluation.json").write_text(json.dumps({"metrics": {}}))
+    page = parse_page(run_report(run, model, dataset, mi_images=300))
+    assert "floor" not in page.text["reconstructions"]

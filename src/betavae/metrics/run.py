@@ -98,15 +98,24 @@ def _versions() -> dict[str, str]:
 def evaluate_run(run_dir: str | Path, metrics: str | Iterable[str] = "all", seed: int = 0,
                  batch_size: int | None = None, *, representation: str = "mean",
                  params: Mapping[str, Mapping[str, Any]] | None = None, device: str = "auto",
-                 progress: Progress | None = None) -> dict[str, Any]:
+                 progress: Progress | None = None, readback_images: int | None = None) -> dict[str, Any]:
     """Evaluate the trained model of ``run_dir`` on its dataset and write ``run_dir/evaluation.json``.
 
     The model runs on ``device`` (``auto``: CUDA when present), ``batch_size`` images per forward
     pass (default: see :class:`VAEEncoder`); ``progress`` is told what runs (e.g. a
     :class:`ProgressPrinter`). Returns what it writes: for each metric its values, parameters
-    (sample counts included), seed and representation, with the library versions that produced them.
+    (sample counts included), seed and representation, with the library versions that produced them;
+    on data with factors the pairs of factors two dims follow (``factor_pairs``) and, on a full factor
+    grid, which factors the reconstructions show (``reconstructed_factors``, read back from
+    ``readback_images`` images, default :data:`betavae.report.analysis.READBACK_IMAGES`; 0 leaves it out).
     """
+    from betavae.report.analysis import READBACK_IMAGES, factors_in_reconstructions
+
     check_seed(seed)
+    readback_images = READBACK_IMAGES if readback_images is None else readback_images
+    if isinstance(readback_images, bool) or not isinstance(readback_images, int) or readback_images < 0:
+        raise ConfigError(f"readback_images must be a whole number >= 0 (0 leaves the read-back out), "
+                          f"got {readback_images!r}.")
     run_dir = Path(run_dir)
     refuse_writes(run_dir, "evaluate")  # its evaluation.json is what it ships with
     config = TrainConfig.load(run_dir)
@@ -121,6 +130,8 @@ def evaluate_run(run_dir: str | Path, metrics: str | Iterable[str] = "all", seed
         record = _record(run_dir, config, dataset, seed, representation, details, str(encode.device))
         if isinstance(dataset, FactorDataset):
             record["factor_pairs"] = factor_pairs(model, dataset, seed)
+            if dataset.is_full_grid and readback_images > 0:
+                record["reconstructed_factors"] = factors_in_reconstructions(model, dataset, readback_images, seed)
         write_json_atomic(run_dir / EVALUATION_FILE, record)
     return record
 

@@ -103,7 +103,8 @@ def _write_report(run_dir: Path, config: TrainConfig, model: VAE | None, dataset
         Section("reconstructions", "Reconstructions", _figure_or_note(
             figures_dir / RECONSTRUCTIONS_FIGURE, "reconstructions", why_missing,
             "Top row: images of the training data; bottom row: their reconstructions, decoded from the "
-            "posterior mean. Blurry or missing details show what the code leaves out.", pixelated=True, width=900)),
+            "posterior mean. Blurry or missing details show what the code leaves out.", pixelated=True, width=900)
+            + _readback_part(run_dir)),
         Section("samples", "Samples of the prior", _figure_or_note(
             figures_dir / SAMPLES_FIGURE, "samples", why_missing,
             "Images decoded from 64 draws of the prior N(0, I). Good samples mean the posteriors cover the "
@@ -344,6 +345,35 @@ def _metrics_section(run_dir: Path, dataset: ImageDataset | None) -> str:
     return table(("metric", "measure", "value"), rows) + caption + no_factors
 
 
+def _readback_rows(record: dict[str, Any] | None) -> dict[str, dict[str, Any]] | None:
+    """``reconstructed_factors`` of an evaluation record by factor name; None when it has none (or it is damaged)."""
+    try:
+        rows = (record or {}).get("reconstructed_factors")
+        return {str(r["factor"]): {"accuracy": float(r["accuracy"]), "floor": float(r["floor"]), "values": int(r["values"])}
+                for r in rows} if rows else None
+    except (TypeError, KeyError, AttributeError, ValueError):
+        return None
+
+
+def _readback_part(run_dir: Path) -> str:
+    """The table of factors the reconstructions show (``reconstructed_factors`` of the evaluation), or a pointer."""
+    record = _read_json(run_dir / EVALUATION_FILE)
+    rows = _readback_rows(record)
+    if rows is None:
+        if record is not None and "reconstructed_factors" in record:
+            return empty(f"The read-back of the factors in {esc(EVALUATION_FILE)} could not be read; evaluate again with "
+                         f"<code>betavae evaluate {esc(run_dir)}</code>.")
+        return ""
+    body = [(factor, f"{100 * r['accuracy']:.1f}%", f"{100 * r['floor']:.1f}%", r["values"]) for factor, r in rows.items()]
+    return (table(("factor", "reconstructions that show it", "floor", "values"), body)
+            + '<p class="caption">Which factors the reconstructions show, read back from them: a reconstruction shows a '
+              "factor when it is nearer (in squared error) to its input than to every image that differs from the input "
+              "in that factor alone: a heart drawn as a rounded blob still shows its shape if the blob is nearer the "
+              "heart than the square and the ellipse at the same place, scale and orientation. Floor: the same with the "
+              "mean image in place of every reconstruction, a decoder that ignores the code. From "
+              "<code>evaluation.json</code> (docs/metrics.md).</p>")
+
+
 def _reference_section(run_dir: Path, name: str) -> str:
     try:
         meta, theirs = reference.info(name), reference.evaluation(name)
@@ -361,6 +391,12 @@ def _reference_section(run_dir: Path, name: str) -> str:
         "come from the full suite in its <code>evaluation.json</code>).</p>",
         table(("measure", "this run", "reference"), rows),
     ]
+    ours_readback, theirs_readback = _readback_rows(ours_record), _readback_rows(theirs)
+    if ours_readback and theirs_readback:
+        shared = [f for f in theirs_readback if f in ours_readback]
+        parts.append(table(("factor", "this run's reconstructions show it", "the reference's"),
+                           [(f, f"{100 * ours_readback[f]['accuracy']:.1f}%", f"{100 * theirs_readback[f]['accuracy']:.1f}%")
+                            for f in shared]))
     grid = reference.path(name) / FIGURES_DIR / TRAVERSALS_FIGURE
     if grid.is_file():
         parts.append(figure(img_file(grid, "reference model's traversal grid", "reference_traversals"),
