@@ -47,6 +47,16 @@ def test_reference_model_reproduces_its_stored_evaluation(name):
             assert again[metric][measure] == pytest.approx(value, abs=TOLERANCE), (name, metric, measure)
     # what the README and the demo quote is what the stored evaluation holds
     assert json.loads((folder / "evaluation.json").read_text()) == stored
+    # every shipped record says which factors its reconstructions show; the demo's reference is read back again
+    assert [r["factor"] for r in stored["reconstructed_factors"]] == list(dataset.factor_names)
+    if name == reference.DEMO_REFERENCE:
+        from betavae.report.analysis import factors_in_reconstructions
+
+        images = stored["reconstructed_factors"][0]["images"]
+        for was, now in zip(stored["reconstructed_factors"], factors_in_reconstructions(model, dataset, images,
+                                                                                         stored["seed"])):
+            assert now["accuracy"] == pytest.approx(was["accuracy"], abs=TOLERANCE), (name, now["factor"])
+            assert now["floor"] == pytest.approx(was["floor"], abs=TOLERANCE), (name, now["factor"])
 
 
 def test_unknown_reference_and_copy_never_overwrites(tmp_path):
