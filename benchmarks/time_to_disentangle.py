@@ -9,7 +9,10 @@ fewer votes, see ``--factor-votes``), the reconstruction NLL (Bernoulli, nats pe
 posterior means decoded, on 2,048 images drawn with the evaluation seed) and the active latent
 dimensions (KL ≥ 0.1 nats over the last logging interval), the turn of the code (the largest angle, 0–45°,
 between two dims and the two ordered factors they follow, as the report measures it: x and y on dSprites;
-a β-VAE leaves it to chance, and MIG falls fast as it grows), and for total-correlation objectives their own
+a β-VAE leaves it to chance, and MIG falls fast as it grows), which factors the reconstructions show (on a full
+factor grid: the share of 1,000 images whose reconstruction is nearer the input than every image that differs
+from it in that factor alone, ``reconstructed_factors`` of docs/metrics.md, one percentage per factor in the
+dataset's order), and for total-correlation objectives their own
 minibatch estimates of the total correlation and the dimension-wise KL at the last log (both are ≥ 0 in
 truth; a negative estimate is the estimator's bias at the batch size used). Every score uses the same seed and
 samples for every recipe, and only the trained model: no factor label is seen in training.
@@ -62,7 +65,7 @@ from betavae.metrics.factor_vae import factor_vae_score
 from betavae.metrics.mig import mig
 from betavae.metrics.run import encoder_fn
 from betavae.objectives.likelihoods import reconstruction_nll
-from betavae.report.analysis import code_factor_information
+from betavae.report.analysis import code_factor_information, factors_in_reconstructions
 from betavae.training.logging import read_metrics
 from betavae.training.config import recipe_config
 from betavae.training.recipes import RECIPES
@@ -97,6 +100,8 @@ def score(run: Path, seed: int, factor_votes: int, recon_images: np.ndarray) -> 
         "active": last["active_dims"],
         "turn": max((p["angle"] for p in code_factor_information(model, dataset, seed=seed).pair_angles()),
                     default=float("nan")),
+        "shown": tuple(r["accuracy"] for r in factors_in_reconstructions(model, dataset, seed=seed))
+        if dataset.is_full_grid else (),
         # the total-correlation objectives' own minibatch estimates at the last log (true values are >= 0)
         "tc_estimate": last.get("total_correlation", float("nan")),
         "dwkl_estimate": last.get("dimension_wise_kl", float("nan")),
@@ -154,15 +159,18 @@ def run_recipe(spec: str, seed: int, minutes: list[float], out: Path, factor_vot
     return rows
 
 
-def print_table(rows: list[dict[str, float]], title: str) -> None:
+def print_table(rows: list[dict[str, Any]], title: str, factor_names: tuple[str, ...] = ()) -> None:
     w = max(10, *(len(str(r["recipe"])) for r in rows))
     print(f"\n{title}")
+    if factor_names:
+        print(f"shown %: the reconstructions show {' / '.join(factor_names)}")
     print(f"{'recipe':<{w}} {'seed':>4} {'min':>5} {'trained':>7} {'steps':>7} {'images':>10} {'MIG':>6} "
-          f"{'FactorVAE':>9} {'recon':>7} {'active':>6} {'turn°':>5} {'TC est':>7} {'dwKL est':>8}")
+          f"{'FactorVAE':>9} {'recon':>7} {'active':>6} {'turn°':>5} {'TC est':>7} {'dwKL est':>8}  shown %")
     for r in rows:
+        shown = "/".join(f"{100 * v:.0f}" for v in r.get("shown", ())) or "-"
         print(f"{r['recipe']:<{w}} {r['seed']!s:>4} {r['minutes']:>5g} {r['train_minutes']:>7.1f} {r['steps']:>7.0f} "
               f"{r['images']:>10,.0f} {r['mig']:>6.3f} {r['factor_vae']:>9.3f} {r['recon']:>7.1f} {r['active']:>6.0f} "
-              f"{r['turn']:>5.0f} {r['tc_estimate']:>7.2f} {r['dwkl_estimate']:>8.2f}")
+              f"{r['turn']:>5.0f} {r['tc_estimate']:>7.2f} {r['dwkl_estimate']:>8.2f}  {shown}")
 
 
 def main() -> int:
@@ -221,7 +229,8 @@ def main() -> int:
     for seed in seeds:  # seeds outermost: an interrupted run still compares the recipes
         for name in recipes:
             rows += run_recipe(name, seed, minutes, out, args.factor_votes, recon_images)
-    print_table(rows, "every run")
+    names = tuple(dataset.factor_names) if getattr(dataset, "is_full_grid", False) else ()
+    print_table(rows, "every run", names)
     medians = []
     for name in recipes:
         for limit in minutes:
@@ -231,8 +240,9 @@ def main() -> int:
             medians.append({"recipe": name, "seed": "med", "minutes": limit,
                             **{k: statistics.median(r[k] for r in group)
                                for k in ("train_minutes", "steps", "images", "mig", "factor_vae", "recon", "active",
-                                          "turn", "tc_estimate", "dwkl_estimate")}})
-    print_table(medians, f"median over seeds {seeds}")
+                                          "turn", "tc_estimate", "dwkl_estimate")},
+                            "shown": tuple(statistics.median(values) for values in zip(*(r["shown"] for r in group)))})
+    print_table(medians, f"median over seeds {seeds}", names)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak resident memory {peak:.0f} MB; load average at the end {os.getloadavg()[0]:.2f}")
     return 0
