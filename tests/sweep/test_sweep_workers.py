@@ -60,3 +60,44 @@ def test_killed_worker_resumes_and_nothing_runs_twice(toy_npz, tmp_path):
     assert "resuming" in (out / "logs" / "beta-beta1-seed0.log").read_text()
     steps = [json.loads(line)["step"] for line in (first / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(2, 17, 2))  # every logged step once: resumed, not restarted, nothing repeated
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie left for a parent that never reaps it does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_stop_when_the_sweep_process_is_killed(toy_npz, tmp_path):
+    out = tmp_path / "sweep"
+    args = tiny_args(toy_npz, out, "--metric", "mig", "--workers", "2", steps=100_000)
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as stream:  # the workers inherit it
+        sweep = subprocess.Popen(betavae_command(args), env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=stream)
+    storage = f"sqlite:///{out / 'study.db'}"
+    deadline, workers = time.monotonic() + 120, set()
+    while len(workers) < 2 and time.monotonic() < deadline:  # both workers have claimed a trial
+        time.sleep(0.2)
+        if (out / "study.db").exists():
+            try:
+                study = optuna.load_study(study_name="betavae-sweep-sweep", storage=storage)
+                workers = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in study.get_trials()
+                           if t.state.name == "RUNNING" and "worker" in t.user_attrs}
+            except Exception:  # noqa: BLE001 - the study is still being created
+                continue
+    assert len(workers) == 2 and sweep.pid not in workers
+    sweep.kill()  # the sweep process alone, as a kill PID would; its workers were not signalled
+    sweep.wait()
+    deadline = time.monotonic() + 60
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_running(pid) for pid in workers)
+    trials = optuna.load_study(study_name="betavae-sweep-sweep", storage=storage).get_trials()
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    stopped = [t for t in trials if t.state.name == "FAIL"]
+    assert len(stopped) == 2 and all("error" not in t.user_attrs for t in stopped)  # interrupted, not failed
+    assert len([t for t in trials if t.state.name == "WAITING"]) == 4  # the two again, and the two never started
+    assert err.read_text().count("the sweep process that started this worker is gone") == 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
+import signal
 import sys
 import threading
 import time
@@ -30,9 +32,21 @@ def resolve_metric(spec: SweepSpec) -> str:
     return "mig" if getattr(dataset, "has_factors", False) and evaluated else "udr"
 
 
-def _worker_main(spec: SweepSpec, threads: int) -> None:
+def _follow_parent(parent: int, every: float = 1.0) -> None:
+    """Stop this worker, as Ctrl-C would (its trial is re-enqueued), once ``parent``, the sweep process
+    that started it, is gone: a sweep stopped with ``kill`` or by a closed terminal leaves no worker
+    training on behind the user's back."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    print("betavae sweep: the sweep process that started this worker is gone; stopping this worker (its trial "
+          "goes back to the queue: run the same command again to finish the sweep)", file=sys.stderr, flush=True)
+    signal.raise_signal(signal.SIGINT)
+
+
+def _worker_main(spec: SweepSpec, threads: int, parent: int) -> None:
     import torch
 
+    threading.Thread(target=_follow_parent, args=(parent,), name="follow-sweep", daemon=True).start()
     torch.set_num_threads(threads)
     try:
         sweep_study.work(spec)
@@ -76,7 +90,7 @@ def run_sweep(spec: SweepSpec, stream: TextIO | None = None) -> dict[str, Any]:
 def _run_local_workers(spec: SweepSpec, study: Any, stream: TextIO, started: float) -> None:
     context = multiprocessing.get_context("spawn")
     threads = default_workers_threads(spec.workers)
-    processes = [context.Process(target=_worker_main, args=(spec, threads), name=f"sweep-worker-{i}")
+    processes = [context.Process(target=_worker_main, args=(spec, threads, os.getpid()), name=f"sweep-worker-{i}")
                  for i in range(spec.workers)]
     for p in processes:
         p.start()

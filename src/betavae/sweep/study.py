@@ -102,6 +102,8 @@ def _open(optuna: Any, spec: SweepSpec, url: str, engine_kwargs: dict[str, Any])
             grace_period=3 * spec.heartbeat_seconds,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
         )
+    if url.startswith("sqlite"):
+        _serialize_sqlite(storage.engine)
     # get_storage adds Optuna's cache of finished trials; the study and this module share it
     storage = optuna.storages.get_storage(storage)
     created = True
@@ -125,6 +127,26 @@ def _open(optuna: Any, spec: SweepSpec, url: str, engine_kwargs: dict[str, Any])
                 f"({', '.join(diff)} differ); run the same command as before, or use another --out / --study-name."
             )
     return study
+
+
+def _serialize_sqlite(engine: Any) -> None:
+    """Make every transaction on the SQLite file ``BEGIN IMMEDIATE``: it takes the file's write lock before
+    its first read, so a worker's read-check-write (Optuna's WAITING -> RUNNING in :func:`claim`) cannot
+    interleave with another's. Python's sqlite3 driver otherwise begins a transaction at the first write
+    only, and two workers could both read a trial as WAITING and both claim it (SQLite ignores the
+    ``SELECT ... FOR UPDATE`` that keeps PostgreSQL workers apart). Waiting for the lock is bounded by
+    the connection's timeout."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _driver_does_not_begin(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections Optuna opened while creating its tables predate the hooks
 
 
 def _wait_for_attr(study: Any, name: str, seconds: float = 10.0) -> Any:
