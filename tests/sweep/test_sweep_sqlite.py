@@ -32,6 +32,11 @@ def test_sweep_writes_outputs_and_rerun_repeats_nothing(toy_npz, tmp_path, capsy
         # the largest angle of a pair of factors in the trial's evaluation, beside its MIG
         angles = [p["angle"] for p in json.loads((Path(t["run_dir"]) / "evaluation.json").read_text())["factor_pairs"]]
         assert t["turn_degrees"] == (max(angles) if angles else None)
+        # the share of reconstructions that show each factor, and the floor, as its evaluation.json has them
+        readback = json.loads((Path(t["run_dir"]) / "evaluation.json").read_text())["reconstructed_factors"]
+        assert {f"reconstructed_factors.{r['factor']}": r["accuracy"] for r in readback} == {
+            k: v for k, v in t["metrics"].items() if k.startswith("reconstructed_factors.")}
+        assert t["readback_floor"] == {r["factor"]: r["floor"] for r in readback} and len(readback) == 3
     assert [row["weight"] for row in summary["per_weight"]] == [1, 4]
     assert all(row["reconstruction"]["n"] == 2 for row in summary["per_weight"])
     assert all({"mig.mig", "udr"} <= set(row["metrics"]) for row in summary["per_weight"])  # every metric's spread

@@ -20,7 +20,7 @@ from betavae.sweep.outputs import TRADEOFF_FIGURE
 DESCRIPTIVE_KEYS = ("weight", "beta", "seed", "trial", "name", "state", "run_dir", "reconstruction", "kl", "active_dims",
                     "turn_degrees", "seconds", "error")
 #: Trial keys too long or too internal for the table.
-HIDDEN_KEYS = ("udr_codes", "udr_kl_per_dim", "metrics")
+HIDDEN_KEYS = ("udr_codes", "udr_kl_per_dim", "metrics", "readback_floor")
 
 
 def _is_number(value: Any) -> bool:

@@ -65,6 +65,23 @@ def flatten_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
+#: The prefix of the metric values a trial keeps from the record's ``reconstructed_factors``: one per factor,
+#: e.g. ``reconstructed_factors.shape``, the share of reconstructions that show the image's shape.
+READBACK_PREFIX = "reconstructed_factors"
+
+
+def readback_values(evaluation: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """The record's ``reconstructed_factors`` (docs/metrics.md) as two flat dicts: per factor the share of
+    reconstructions that show it (``{"reconstructed_factors.shape": 0.63, ...}``) and the floor of a decoder
+    that ignores the code (``{"shape": 0.33, ...}``). Both empty when the record has no read-back (a dataset
+    that is not a full factor grid)."""
+    shares, floors = {}, {}
+    for row in evaluation.get("reconstructed_factors") or []:
+        shares[f"{READBACK_PREFIX}.{row['factor']}"] = float(row["accuracy"])
+        floors[str(row["factor"])] = float(row["floor"])
+    return shares, floors
+
+
 def turn_degrees(evaluation: dict[str, Any]) -> float | None:
     """The largest angle between a pair of factors and the two dims that follow them (the record's
     ``factor_pairs``, docs/metrics.md): what explains a low MIG of dims that hold their factors.
@@ -139,6 +156,7 @@ def evaluate_trial(spec: SweepSpec, run_dir: Path, progress: Progress | None = N
                               progress=progress)
     diagnosis = json.loads((run_dir / DIAGNOSIS_FILE).read_text())
     mu, kl = udr_codes(run_dir, spec)
+    shares, floors = readback_values(evaluation)
     return {
         "run_dir": str(run_dir),
         "reconstruction": float(diagnosis["reconstruction"]),
@@ -146,7 +164,8 @@ def evaluate_trial(spec: SweepSpec, run_dir: Path, progress: Progress | None = N
         "kl_per_dim": [float(v) for v in diagnosis["kl_per_dim"]],
         "active_dims": int(len(diagnosis["active_dims"])),
         "turn_degrees": turn_degrees(evaluation),
-        "metrics": {k: (v if math.isfinite(v) else None) for k, v in flatten_metrics(evaluation).items()},
+        "metrics": {k: (v if math.isfinite(v) else None) for k, v in {**flatten_metrics(evaluation), **shares}.items()},
+        "readback_floor": floors,
         "udr_codes": encode_array(mu),
         "udr_kl_per_dim": [float(v) for v in kl],
     }
