@@ -8,7 +8,7 @@ Everything after ``--`` is passed to ``betavae sweep`` (which adds ``--out``). W
 finished every trial, its ``summary.json``, ``recommendation.json`` and ``tradeoff.png`` are copied to
 ``src/betavae/reference/studies/dsprites-tradeoff/`` (``betavae.reference.ship_study``) with a
 ``STUDY.json``: the sweep command, the hardware (``--hardware`` to describe it yourself), the date and
-the wall-clock minutes of this run. Killed, it resumes: run the same command again; ``STUDY.json`` then
+the wall-clock minutes of this run (``--notes`` adds words of your own). Killed, it resumes: run the same command again; ``STUDY.json`` then
 says ``"resumed": true``, and its minutes count the last run only. ``--table`` prints the Markdown table
 that goes in the README at ``<!-- TRADEOFF TABLE -->``; the run reports build theirs from the same study.
 """
@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="the sweep's directory (its trials, study and outputs)")
     parser.add_argument("--name", default=reference.TRADEOFF_STUDY, help="the study's name (default: %(default)s)")
     parser.add_argument("--hardware", help="what the sweep ran on, in words (default: described from this machine)")
+    parser.add_argument("--notes", help="what else the study's STUDY.json should say (the recipe as of the study, "
+                        "what --eval-samples means, ...)")
     parser.add_argument("--overwrite", action="store_true", help="replace a study already shipped under --name")
     parser.add_argument("--table", action="store_true", help="print the shipped study's table in Markdown and exit")
     args = parser.parse_args(own)
@@ -92,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.monotonic() - started) / 60
     if code != 0:
         return code
-    notes = {"resumed": True} if resumed else {}
+    notes: dict[str, object] = {"resumed": True} if resumed else {}
+    if args.notes:
+        notes["notes"] = args.notes
     try:
         shipped = reference.ship_study(out, args.name, command=command, minutes=minutes, overwrite=args.overwrite,
                                        hardware=args.hardware or describe_hardware(sweep_args), **notes)

@@ -102,8 +102,9 @@ def test_a_shipped_study_is_found_with_its_files_and_provenance(shipped_study, f
     assert {t["run_dir"] for t in study.summary["trials"]} >= {"trials/beta-beta4-seed0"}
     assert "recommended β = 4" in reference.format_references()
     header, rows, chosen = reference.study_table(study)
-    assert header == ["β", "seeds", "reconstruction NLL (nats)", "MIG", "FactorVAE score"]
-    assert rows[1] == ["4", "3", "38.0 ± 2.0", "0.350 ± 0.050", "0.750 ± 0.050"] and chosen == 1
+    assert header == ["β", "seeds", "reconstruction NLL (nats)", "MIG", "FactorVAE score", "shape shown (%)"]
+    assert rows[1] == ["4", "3", "38.0 ± 2.0", "0.350 ± 0.050", "0.750 ± 0.050", "65 ± 5"] and chosen == 1
+    assert rows[2][-1] == "–"  # β = 16's trials carry no read-back
 
 
 def test_ship_study_refuses_unfinished_sweeps_and_existing_studies(finished_sweep, tmp_path):
@@ -136,3 +137,13 @@ def test_shipped_study_is_complete(name, monkeypatch):
         assert key in study.info
     assert study.per_weight and all("metrics" in row for row in study.per_weight)
     assert study.info["recommended"] == study.recommendation["weight"]
+    # every completed trial was read back: the share of its reconstructions that show each factor, far above the
+    # floor of a decoder that ignores the code for some factor (every run learns x and y)
+    done = [t for t in study.summary["trials"] if t["state"] == "COMPLETE"]
+    for t in done:
+        shown = {k.split(".", 1)[1]: v for k, v in t["metrics"].items() if k.startswith("reconstructed_factors.")}
+        assert set(shown) == set(t["readback_floor"]) and shown
+        assert all(0 <= v <= 1 for v in shown.values())
+        assert any(v > t["readback_floor"][k] + 0.5 for k, v in shown.items())
+    header, rows, _ = reference.study_table(study)
+    assert "shape shown (%)" in header and "–" not in [row[header.index("shape shown (%)")] for row in rows]

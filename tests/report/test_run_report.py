@@ -141,10 +141,10 @@ def test_tradeoff_section_shows_the_shipped_study_and_where_this_run_sits(beta_r
     text = page.text["tradeoff"]
     assert page.figures("tradeoff") == ["study_tradeoff"]
     assert "3 values of β × 3 seeds on dSprites" in text and "Recommended β = 4" in text
-    # one row per β: β, seeds, reconstruction, MIG, FactorVAE score (mean ± std over seeds), a note
-    for row in (("1", "3", "31.0 ± 1.0", "0.100 ± 0.050", "0.450 ± 0.050", ""),
-                ("4", "3", "38.0 ± 2.0", "0.350 ± 0.050", "0.750 ± 0.050", "recommended"),
-                ("16", "3", "65.0 ± 5.0", "0.250 ± 0.050", "0.620 ± 0.020", "")):
+    # one row per β: β, seeds, reconstruction, MIG, FactorVAE score, shape shown (mean ± std over seeds), a note
+    for row in (("1", "3", "31.0 ± 1.0", "0.100 ± 0.050", "0.450 ± 0.050", "95 ± 5", ""),
+                ("4", "3", "38.0 ± 2.0", "0.350 ± 0.050", "0.750 ± 0.050", "65 ± 5", "recommended"),
+                ("16", "3", "65.0 ± 5.0", "0.250 ± 0.050", "0.620 ± 0.020", "–", "")):
         assert "".join(row) in text, row
     assert "this run" not in text.lower()  # the run's data is a user's array, not dSprites: no place in the study
 
@@ -152,9 +152,15 @@ def test_tradeoff_section_shows_the_shipped_study_and_where_this_run_sits(beta_r
     page = parse_page(run_report(run, model, dataset, mi_images=300))
     text = page.text["tradeoff"]
     reconstruction = json.loads((run / "diagnosis.json").read_text())["reconstruction"]
-    assert f"this run: β = 2seed 0{reconstruction:.1f}not evaluatednot evaluated" in text
+    assert f"this run: β = 2seed 0{reconstruction:.1f}not evaluatednot evaluatednot evaluated" in text
     assert "This run's β = 2 lies between the study's β = 1 and β = 4, below the recommended β = 4." in text
     assert shipped_study.info["command"] in text
+    # evaluated (MIG only) and read back: its MIG and its share of reconstructions that show the shape
+    evaluation = {"metrics": {"mig": {"values": {"mig": 0.3125}}},
+                  "reconstructed_factors": [{"factor": "shape", "values": 3, "images": 10, "accuracy": 0.8, "floor": 0.3}]}
+    (run / "evaluation.json").write_text(json.dumps(evaluation))
+    text = parse_page(run_report(run, model, dataset, mi_images=300)).text["tradeoff"]
+    assert f"this run: β = 2seed 0{reconstruction:.1f}0.312not evaluated80" in text
 
     monkeypatch.setattr(reference, "STUDIES_ROOT", tmp_path / "none")  # no study shipped: no section, no error
     assert "tradeoff" not in parse_page(run_report(run, model, dataset, mi_images=300)).sections

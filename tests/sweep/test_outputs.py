@@ -97,3 +97,41 @@ def test_tradeoff_figure_has_a_panel_column_per_headline_metric_and_marks_the_re
     unmarked = tmp_path / "unmarked.png"
     plot_tradeoff(unmarked, study_trials(), MIG, "β", recommended=None)
     assert _crimson_pixels(unmarked) == 0
+
+
+def with_readback(trials):
+    """``trials`` whose completed ones also carry the share of reconstructions that show shape and x."""
+    shown = {(1, 0): (0.9, 1.0), (1, 1): (0.8, 1.0), (1, 2): (0.7, 0.9), (4, 0): (0.4, 1.0), (4, 1): (0.3, 0.95)}
+    out = []
+    for t in trials:
+        if t["state"] == "COMPLETE":
+            shape, x = shown[(t["weight"], t["seed"])]
+            t = dict(t, metrics={**t["metrics"], "reconstructed_factors.shape": shape, "reconstructed_factors.x": x},
+                     readback_floor={"shape": 1 / 3, "x": 0.05})
+        out.append(t)
+    return out
+
+
+def test_the_share_of_reconstructions_showing_each_factor_is_summarised_and_drawn_against_the_weight(tmp_path):
+    from betavae.sweep.outputs import metric_label, readback_factors
+
+    trials = with_readback(study_trials())
+    assert readback_factors(trials) == ["shape", "x"] and readback_factors(study_trials()) == []
+    assert metric_label("reconstructed_factors.shape") == "shape shown" and metric_label(MIG) == "MIG"
+    assert headline_metrics(trials, MIG) == [MIG, FACTOR]  # not a disentanglement measure: no panel of its own
+    rows = {r["weight"]: r for r in aggregate(trials, MIG)}
+    assert rows[1.0]["metrics"]["reconstructed_factors.shape"] == pytest.approx(
+        {"mean": 0.8, "std": 0.1, "min": 0.7, "max": 0.9, "n": 3})
+    assert rows[4.0]["metrics"]["reconstructed_factors.shape"]["mean"] == pytest.approx(0.35)
+
+    plain, shown = tmp_path / "plain.png", tmp_path / "shown.png"
+    plot_tradeoff(plain, study_trials(), MIG, "β", recommended=1.0)
+    plot_tradeoff(shown, trials, MIG, "β", recommended=1.0)
+    with Image.open(plain) as a, Image.open(shown) as b:
+        # one more column: the readback panel at the bottom right
+        assert b.height == a.height and b.width == pytest.approx(a.width * 4 / 3, abs=2)
+        pixels = np.asarray(b.convert("RGB")).astype(int)
+    panel = pixels[pixels.shape[0] // 2:, 3 * pixels.shape[1] // 4:]
+    blue = (np.abs(panel - [31, 119, 180]).sum(axis=-1) < 30).sum()  # tab10's first colour: shape's line
+    orange = (np.abs(panel - [255, 127, 14]).sum(axis=-1) < 30).sum()  # its second: x's line
+    assert blue > 100 and orange > 100

@@ -134,9 +134,21 @@ class Study:
         return str(self.recommendation.get("weight_name") or "β")
 
 
-#: The columns a study's table shows beside the weight and its seeds: label, and the per-weight key.
+#: The columns a study's table shows beside the weight and its seeds: label, and the per-weight key. "shape
+#: shown" is the share of reconstructions that show the image's shape (``reconstructed_factors``,
+#: docs/metrics.md), in %.
 STUDY_COLUMNS = (("reconstruction NLL (nats)", "reconstruction"), ("MIG", "mig.mig"),
-                 ("FactorVAE score", "factor_vae_score.eval_accuracy"))
+                 ("FactorVAE score", "factor_vae_score.eval_accuracy"), ("shape shown (%)", "reconstructed_factors.shape"))
+
+
+def study_value(key: str, value: float) -> str:
+    """A value of a study column as its table shows it: reconstruction to 0.1 nat, a share of
+    reconstructions in whole per cent, a score to 3 decimals."""
+    if key == "reconstruction":
+        return f"{value:.1f}"
+    if key.startswith("reconstructed_factors."):
+        return f"{100 * value:.0f}"
+    return f"{value:.3f}"
 
 
 def study_table(found: Study) -> tuple[list[str], list[list[str]], int | None]:
@@ -150,9 +162,8 @@ def study_table(found: Study) -> tuple[list[str], list[list[str]], int | None]:
         cells = [f"{row['weight']:g}", f"{done}" if done == total else f"{done} of {total}"]
         for _, key in STUDY_COLUMNS:
             spread = row.get(key) if key == "reconstruction" else row.get("metrics", {}).get(key)
-            digits = 1 if key == "reconstruction" else 3
             if isinstance(spread, dict) and spread.get("n") and isinstance(spread.get("mean"), (int, float)):
-                cells.append(f"{spread['mean']:.{digits}f} ± {spread.get('std') or 0.0:.{digits}f}")
+                cells.append(f"{study_value(key, spread['mean'])} ± {study_value(key, spread.get('std') or 0.0)}")
             else:
                 cells.append("–")
         rows.append(cells)

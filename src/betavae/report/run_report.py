@@ -466,17 +466,21 @@ def _tradeoff_section(run_dir: Path, config: TrainConfig, dataset: ImageDataset 
 
 
 def _run_values(run_dir: Path, diagnosis: dict[str, Any] | None) -> list[Any]:
-    """This run's reconstruction NLL (the last logged value, as a sweep records it), MIG and FactorVAE score,
-    in the order of :data:`betavae.reference.STUDY_COLUMNS`; "not evaluated" where the run has none."""
+    """This run's reconstruction NLL (the last logged value, as a sweep records it), MIG, FactorVAE score and
+    share of reconstructions that show the shape, in the order of :data:`betavae.reference.STUDY_COLUMNS`;
+    "not evaluated" where the run has none."""
     record = _read_json(run_dir / EVALUATION_FILE)
     values = {"reconstruction": diagnosis.get("reconstruction") if diagnosis else None}
     for metric, entry in ((record or {}).get("metrics") or {}).items():
         for measure, value in (entry.get("values") or {}).items() if isinstance(entry, dict) else ():
             values[f"{metric}.{measure}"] = value
+    for row in (record or {}).get("reconstructed_factors") or []:
+        if isinstance(row, dict) and "factor" in row:
+            values[f"reconstructed_factors.{row['factor']}"] = row.get("accuracy")
     cells: list[Any] = []
     for _, key in reference.STUDY_COLUMNS:
         value = values.get(key)
-        cells.append(f"{value:.{1 if key == 'reconstruction' else 3}f}" if isinstance(value, (int, float))
+        cells.append(reference.study_value(key, value) if isinstance(value, (int, float))
                      else "not trained yet" if key == "reconstruction" else "not evaluated")
     return cells
 

@@ -47,8 +47,8 @@ def _score_key(trials: Sequence[Mapping[str, Any]], recommendation: Mapping[str,
         return str(named)
     for trial in trials:
         for key, value in {**trial, **(trial.get("metrics") or {})}.items():
-            if key not in DESCRIPTIVE_KEYS and _is_number(value):
-                return key
+            if key not in DESCRIPTIVE_KEYS and not key.startswith("reconstructed_factors.") and _is_number(value):
+                return key  # the share of reconstructions showing a factor measures what they keep, not disentanglement
     return None
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from betavae.files import atomic_output, write_atomic, write_json_atomic
 from betavae.sweep.recommend import LOWER_IS_BETTER, aggregate, metric_names
 from betavae.sweep.spec import SweepSpec
-from betavae.sweep.trial import decode_array
+from betavae.sweep.trial import READBACK_PREFIX, decode_array
 from betavae.sweep.udr import udr_scores
 
 
@@ -99,8 +99,25 @@ def headline_metrics(trials: list[dict[str, Any]], metric: str) -> list[str]:
 
 
 def metric_label(name: str) -> str:
-    """A metric value's name as an axis shows it: ``MIG``, ``FactorVAE score``, or the key itself."""
+    """A metric value's name as an axis shows it: ``MIG``, ``FactorVAE score``, ``shape shown`` (the share of
+    reconstructions that show the shape), or the key itself."""
+    if name.startswith(READBACK_PREFIX + "."):
+        return f"{name[len(READBACK_PREFIX) + 1:]} shown"
     return METRIC_LABELS.get(name, name)
+
+
+def readback_factors(trials: list[dict[str, Any]]) -> list[str]:
+    """The factors whose share of reconstructions that show them (``reconstructed_factors.<factor>``) some
+    completed trial carries, in the order the trials list them."""
+    factors: list[str] = []
+    for t in trials:
+        if t["state"] != "COMPLETE":
+            continue
+        for name in t.get("metrics") or {}:
+            factor = name[len(READBACK_PREFIX) + 1:] if name.startswith(READBACK_PREFIX + ".") else None
+            if factor and factor not in factors:
+                factors.append(factor)
+    return factors
 
 
 def plot_tradeoff(path: Path, trials: list[dict[str, Any]], metric: str, weight_symbol: str,
@@ -111,7 +128,9 @@ def plot_tradeoff(path: Path, trials: list[dict[str, Any]], metric: str, weight_
     a dot per completed trial coloured by its weight, each weight's mean with ±1 std bars on both axes,
     the means joined in weight order, and the ``recommended`` weight's mean ringed and labelled. Bottom
     row: each of those metrics, and the reconstruction, against the weight (seeds as dots, mean ± std
-    as bars, the recommended weight dashed).
+    as bars, the recommended weight dashed); when the trials carry it (:func:`readback_factors`), one
+    more panel: per factor, the share of reconstructions that show it against the weight (mean ± std),
+    beside the share for a decoder that ignores the code (dotted).
     """
     import matplotlib
 
@@ -137,9 +156,13 @@ def plot_tradeoff(path: Path, trials: list[dict[str, Any]], metric: str, weight_
     def stats(row: dict[str, Any], name: str) -> dict[str, Any]:
         return row["reconstruction"] if name == "reconstruction" else row["metrics"].get(name, row["metric"])
 
-    ncols = len(metrics) + 1
-    fig, axes = plt.subplots(2, ncols, figsize=(4.8 * ncols, 9.0), squeeze=False)
-    for ax, name in zip(axes[0], metrics):
+    factors = readback_factors(trials)
+    ncols = len(metrics) + 1 + (1 if factors else 0)
+    fig = plt.figure(figsize=(4.8 * ncols, 9.0))
+    grid = fig.add_gridspec(2, ncols)
+    top = [fig.add_subplot(grid[0, i]) for i in range(len(metrics))] + [fig.add_subplot(grid[0, len(metrics):])]
+    bottom = [fig.add_subplot(grid[1, i]) for i in range(ncols)]
+    for ax, name in zip(top, metrics):
         label = metric_label(name)
         for w in weights:
             points = [(value(t, name), value(t, "reconstruction")) for t in done if float(t["weight"]) == w]
@@ -164,7 +187,7 @@ def plot_tradeoff(path: Path, trials: list[dict[str, Any]], metric: str, weight_
         ax.set_ylabel("reconstruction NLL, nats per image (↓ better)")
         ax.set_title(f"reconstruction against {label}", fontsize=10)
         ax.grid(alpha=0.3)
-    legend = axes[0, -1]
+    legend = top[-1]
     legend.axis("off")
     handles = [Line2D([], [], ls="", marker="o", color=colour[w], label=f"{weight_symbol} = {w:g}") for w in weights]
     handles += [Line2D([], [], ls="", marker="D", color="0.6", mec="k", label="mean over seeds, ±1 std bars"),
@@ -175,7 +198,7 @@ def plot_tradeoff(path: Path, trials: list[dict[str, Any]], metric: str, weight_
     legend.legend(handles=handles, loc="center", fontsize=9, frameon=False,
                   title=f"one dot per trial (seed),\ncoloured by {weight_symbol}")
 
-    for ax, name in zip(axes[1], metrics + ["reconstruction"]):
+    for ax, name in zip(bottom, metrics + ["reconstruction"]):
         label = "reconstruction NLL" if name == "reconstruction" else metric_label(name)
         for t in done:
             ax.scatter(t["weight"], value(t, name), color=colour[float(t["weight"])], s=18, alpha=0.7)
@@ -193,7 +216,42 @@ def plot_tradeoff(path: Path, trials: list[dict[str, Any]], metric: str, weight_
         ax.set_ylabel(label)
         ax.set_title(f"{label} against {weight_symbol}\n(mean ± std over seeds)", fontsize=10)
         ax.grid(alpha=0.3)
+    if factors:
+        _plot_readback(bottom[-1], trials, rows, factors, weight_symbol, chosen)
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
+
+
+def _plot_readback(ax: Any, trials: list[dict[str, Any]], rows: list[dict[str, Any]], factors: list[str],
+                   weight_symbol: str, chosen: float | None) -> None:
+    """Per factor, the share of reconstructions that show it against the weight (mean ± std over seeds, in
+    %), with the share for a decoder that ignores the code dotted in the same colour."""
+    import matplotlib.pyplot as plt
+
+    colours = plt.get_cmap("tab10")
+    floors = next((t["readback_floor"] for t in trials if t["state"] == "COMPLETE" and t.get("readback_floor")), {})
+    xs: list[float] = []
+    for i, factor in enumerate(factors):
+        spread = [(r["weight"], r["metrics"].get(f"{READBACK_PREFIX}.{factor}", {})) for r in rows]
+        spread = [(w, st) for w, st in spread if st.get("n")]
+        xs = sorted(set(xs) | {w for w, _ in spread})
+        ax.errorbar([w for w, _ in spread], [100 * st["mean"] for _, st in spread],
+                    yerr=[100 * st["std"] for _, st in spread], color=colours(i % 10), marker="o", ms=4, capsize=3,
+                    lw=1.2, label=factor)
+        if isinstance(floors.get(factor), (int, float)):
+            ax.axhline(100 * floors[factor], color=colours(i % 10), ls=":", lw=1)
+    if chosen is not None:
+        ax.axvline(chosen, color="crimson", ls="--", lw=1, alpha=0.8)
+    if xs and min(xs) > 0 and max(xs) / min(xs) >= 8:
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [f"{w:g}" for w in xs])
+        ax.minorticks_off()
+    ax.set_ylim(0, 104)
+    ax.set_xlabel(weight_symbol)
+    ax.set_ylabel("reconstructions that show the factor (%)")
+    ax.set_title(f"factors the reconstructions show, against {weight_symbol}\n(mean ± std over seeds; "
+                 "dotted: code ignored)", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
