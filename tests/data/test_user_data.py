@@ -215,6 +215,7 @@ def test_config_routes_the_data_fields(tmp_path, mixed_folder):
         ({"data": str(mixed_folder), "factors": "labels.txt"}, "must be a .csv file"),
         ({"allow_subset": True}, "--allow-subset applies only to --data"),
         ({"skip_bad": True}, "--skip-bad applies only to --data"),
+        ({"data": str(mixed_folder), "dataset": "color-dsprites"}, "both name the training data; drop one"),
     ]:
         with pytest.raises(ConfigError, match=message):
             TrainConfig(**values).validate()

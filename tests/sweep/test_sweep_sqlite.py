@@ -132,3 +132,25 @@ def test_bad_weights(toy_npz, tmp_path, capsys, weights, message):
 def test_beta_alias_only_for_beta_objectives(toy_npz, tmp_path, capsys):
     assert main(tiny_args(toy_npz, tmp_path / "s", "--objective", "capacity")) == 2
     assert "--weights" in capsys.readouterr().err
+
+
+def test_an_out_folder_that_is_not_a_sweeps_own_is_refused_and_left_as_it_was(toy_npz, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.csv").write_text("my precious\n")
+    (mine / "report.html").write_text("mine\n")
+    assert main(tiny_args(toy_npz, mine)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a folder that is not a sweep's (it holds report.html, summary.csv)" in err and "\n" not in err
+    assert sorted(p.name for p in mine.iterdir()) == ["report.html", "summary.csv"]
+    assert (mine / "summary.csv").read_text() == "my precious\n"
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    assert main(tiny_args(toy_npz, run)) == 2
+    assert "is a training run directory" in capsys.readouterr().err
+    assert [p.name for p in run.iterdir()] == ["config.json"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(tiny_args(toy_npz, afile)) == 2 and "is a file, not a folder" in capsys.readouterr().err

@@ -412,3 +412,25 @@ def test_directories_are_synced_after_every_rename(tmp_path, monkeypatch):
     assert len(renames) == 4  # a.json, the checkpoint's two files, the checkpoint itself
     for i in renames:
         assert events[i + 1] == ("sync", events[i][1])
+
+
+def test_resume_moves_lines_that_are_no_record_aside_instead_of_dropping_them(small_npy, tmp_path, capsys):
+    import json
+
+    from betavae.training.rundir import DAMAGED_METRICS_FILE
+
+    run = betavae.train(_config(small_npy, tmp_path / "run", steps=20))
+    path = run / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    edited = json.dumps({**json.loads(lines[0]), "note": "a string betavae does not write"})
+    cut = lines[-1][: len(lines[-1]) // 2]  # a line cut by a kill during a write
+    path.write_text("\n".join([edited, *lines[1:], cut]) + "\n")
+    capsys.readouterr()
+    betavae.resume(run, steps=30)
+    assert "2 line(s) of" in capsys.readouterr().err
+    assert (run / DAMAGED_METRICS_FILE).read_text().splitlines() == [edited, cut]
+    steps = [json.loads(line)["step"] for line in path.read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 30 and json.loads(lines[0])["step"] not in steps
+    betavae.resume(run, steps=40)  # nothing damaged: nothing more moved, nothing said
+    assert "line(s) of" not in capsys.readouterr().err
+    assert (run / DAMAGED_METRICS_FILE).read_text().splitlines() == [edited, cut]

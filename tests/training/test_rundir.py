@@ -198,3 +198,23 @@ def test_overwrite_replaces_a_run_betavae_wrote(small_npy, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002"]
     assert not (run / "evaluation.json").exists() and not (run / ".metrics.jsonl.123.tmp").exists()
     assert [r["step"] for r in read_metrics(run)] == [2]
+
+
+def test_a_relative_data_path_is_saved_absolute_so_the_run_reads_the_same_data_from_anywhere(small_npy, tmp_path,
+                                                                                              monkeypatch):
+    from betavae.data import dataset_from_config
+    from betavae.training import TrainConfig
+
+    monkeypatch.chdir(small_npy.parent)
+    run = betavae.train(_config(small_npy.name, tmp_path / "run", steps=5))
+    assert json.loads((run / "config.json").read_text())["data"] == str(small_npy)
+    # elsewhere, a file of the same relative name holds other images: the run still reads its own
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    import numpy as np
+
+    np.save(elsewhere / small_npy.name, np.zeros((20, 1, 32, 32), np.float32))
+    monkeypatch.chdir(elsewhere)
+    assert len(dataset_from_config(TrainConfig.load(run))) == len(np.load(small_npy))
+    betavae.resume(run, steps=10)
+    assert [r["step"] for r in read_metrics(run)][-1] == 10

@@ -14,13 +14,14 @@ from typing import Any, TextIO
 
 from betavae.checks import one_line
 from betavae.data import dataset_from_config
-from betavae.errors import BetaVAEError
+from betavae.errors import BetaVAEError, ConfigError
 from betavae.files import write_json_atomic
 from betavae.sweep import study as sweep_study
 from betavae.sweep.outputs import TRADEOFF_FIGURE, add_udr, plot_tradeoff, write_summary
 from betavae.sweep.recommend import recommend
 from betavae.sweep.spec import SweepSpec, default_workers_threads, metric_key
 from betavae.sweep.storage import redact_url
+from betavae.training.config import CONFIG_FILE
 
 
 def resolve_metric(spec: SweepSpec) -> str:
@@ -62,6 +63,7 @@ def run_sweep(spec: SweepSpec, stream: TextIO | None = None) -> dict[str, Any]:
     stream = stream or sys.stderr
     spec.validate()
     out = Path(spec.out)
+    check_out(out)
     spec.metric = resolve_metric(spec)
     if spec.storage_url.startswith("sqlite"):
         out.mkdir(parents=True, exist_ok=True)  # the study file may live in OUT
@@ -85,6 +87,27 @@ def run_sweep(spec: SweepSpec, stream: TextIO | None = None) -> dict[str, Any]:
     else:
         _run_local_workers(spec, study, stream, started)
     return summarize(spec, study, stream)
+
+
+#: What a sweep makes in its --out before anything else: a folder holding one of them is a sweep's own.
+SWEEP_MARKS = ("study.db", "trials", "logs")
+
+
+def check_out(out: Path) -> None:
+    """Refuse an ``out`` that is not new, empty or an earlier sweep's own folder: the sweep writes
+    summary.csv, report.html and more there, and must not replace what a user or a training run put there."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; give the sweep a new folder.")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries or any((out / mark).exists() for mark in SWEEP_MARKS):
+        return
+    kind = "a training run directory" if (out / CONFIG_FILE).exists() else "a folder that is not a sweep's"
+    listed = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+    raise ConfigError(f"--out {out} is {kind} (it holds {listed}); the sweep would write its summary, figures and "
+                      "report over what is there. Give a new or empty folder, or the --out of an earlier sweep to "
+                      "finish it.")
 
 
 def _run_local_workers(spec: SweepSpec, study: Any, stream: TextIO, started: float) -> None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from betavae.training.recipes import RECIPES, recipe_values
 
 #: The config's file in a run directory (betavae.training.rundir names the others).
 CONFIG_FILE = "config.json"
+#: The named dataset a run trains on when neither --dataset nor --data is given.
+DEFAULT_DATASET = "dsprites"
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 COMPILE_MODES = ("off", "on", "cudagraphs")
 LR_SCHEDULES = ("constant", "cosine")
@@ -44,7 +47,7 @@ class TrainConfig:
     """Everything that defines a training run."""
 
     # Data
-    dataset: str = _opt("dsprites", "named dataset, rendered procedurally (no download)", choices=tuple(DATASETS))
+    dataset: str = _opt(DEFAULT_DATASET, "named dataset, rendered procedurally (no download)", choices=tuple(DATASETS))
     data: str | None = _opt(None, "data to use instead of --dataset: a folder of PNG/JPEG images, a .npy/.npz image "
                                   "array, or a standard file (dSprites .npz, 3dshapes.h5, mpi3d_*.npz, SmallNORB or "
                                   "Cars3D files); see docs/data.md")
@@ -249,6 +252,12 @@ class TrainConfig:
             )
         return cls(**values)
 
+    def with_absolute_paths(self) -> "TrainConfig":
+        """A copy whose ``data`` and ``factors`` are absolute paths, so that the run's config.json names the
+        same files whatever directory it is later resumed, evaluated or reported from."""
+        paths = {name: os.path.abspath(value) for name in ("data", "factors") if (value := getattr(self, name))}
+        return replace(self, **paths)
+
     def save(self, path: Path) -> None:
         write_json_atomic(path, self.to_dict())
 
@@ -301,6 +310,9 @@ def _validate_data(config: TrainConfig) -> None:
     """The data fields: a supported image size; labels, subsets and skipping only with --data."""
     if config.image_size is not None and config.image_size not in IMAGE_SIZES:
         raise ConfigError(f"image_size must be one of {', '.join(map(str, IMAGE_SIZES))}, got {config.image_size!r}.")
+    if config.data and config.dataset != DEFAULT_DATASET:
+        raise ConfigError(f"--data {shown(config.data, 200)} and --dataset {config.dataset} both name the training data; "
+                          "drop one (--data trains on your files, --dataset on a named dataset).")
     if config.factors is not None and not config.data:
         raise ConfigError("--factors labels your own --data; the named datasets already know their factors. "
                           "Pass --data PATH or drop --factors.")

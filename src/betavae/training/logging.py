@@ -12,19 +12,34 @@ from typing import TYPE_CHECKING, Any, TextIO
 from betavae.errors import TrainingError
 from betavae.files import write_atomic
 
-from betavae.training.rundir import METRICS_FILE, TENSORBOARD_DIR
+from betavae.training.rundir import DAMAGED_METRICS_FILE, METRICS_FILE, TENSORBOARD_DIR
 
 if TYPE_CHECKING:
     from betavae.training.diagnostics import LiveDiagnosis
 
 
-def truncate_metrics(run_dir: Path, last_step: int) -> None:
-    """Drop logged records after ``last_step`` (used when resuming from a checkpoint)."""
+def truncate_metrics(run_dir: Path, last_step: int) -> int:
+    """Drop logged records after ``last_step`` (used when resuming from a checkpoint: they are logged again).
+    Lines that are no record betavae writes (cut by a kill during a write, damaged, edited) are not dropped but
+    moved to :data:`DAMAGED_METRICS_FILE`, after what it already holds; returns how many were moved."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
-        return
-    kept = [line for line, record in _parse(path) if record["step"] <= last_step]
+        return 0
+    pairs = _parse(path)
+    records = Counter(line for line, _ in pairs)
+    damaged = []
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        if records[line] > 0:
+            records[line] -= 1
+        elif line.strip():
+            damaged.append(line)
+    if damaged:
+        aside = Path(run_dir) / DAMAGED_METRICS_FILE
+        before = aside.read_bytes().decode("utf-8", errors="replace") if aside.exists() else ""
+        write_atomic(aside, lambda f: f.write(before + "".join(line + "\n" for line in damaged)), mode="w")
+    kept = [line for line, record in pairs if record["step"] <= last_step]
     write_atomic(path, lambda f: f.write("".join(line + "\n" for line in kept)), mode="w")
+    return len(damaged)
 
 
 #: Log keys renamed since, old name -> new: runs written before (the shipped reference models among them)

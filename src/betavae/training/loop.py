@@ -48,7 +48,7 @@ from betavae.training.diagnostics import (LiveDiagnosis, constant_image, diagnos
                                           reconstruction_baseline)
 from betavae.training.distributed import Distributed
 from betavae.training.logging import TrainingLog, read_metrics, truncate_metrics
-from betavae.training.rundir import DIAGNOSIS_FILE, MODEL_FILE
+from betavae.training.rundir import DAMAGED_METRICS_FILE, DIAGNOSIS_FILE, METRICS_FILE, MODEL_FILE
 
 
 def resolve_device(name: str, dist: Distributed = distributed.SINGLE) -> torch.device:
@@ -260,9 +260,10 @@ class SilentLog:
 def train(config: TrainConfig, stream: TextIO | None = None) -> Path:
     """Train a model as ``config`` says; returns the run directory.
 
-    Started by torchrun (``WORLD_SIZE`` set), it trains data-parallel with the other processes.
+    Started by torchrun (``WORLD_SIZE`` set), it trains data-parallel with the other processes. A
+    relative ``data`` or ``factors`` path is saved as the absolute path it names now.
     """
-    config.validate()
+    config = config.validate().with_absolute_paths()
     dist, device = _setup(config)
     with distributed.process_group(dist, device):
         # Bad data is reported before the run directory is made; process 0 fills a dataset cache first.
@@ -397,7 +398,10 @@ def _train(config: TrainConfig, run_dir: Path, dataset: ImageDataset, checkpoint
     # DDP makes every process start from process 0's weights; compiling happens at the first step.
     net = OneModel(model, _compiled(distributed.wrap(TrainingForward(model), dist, device), config.compile), optimizer)
     if dist.is_main:
-        truncate_metrics(run_dir, start)  # records after the checkpoint are written again
+        damaged = truncate_metrics(run_dir, start)  # records after the checkpoint are written again
+        if damaged:
+            print(f"betavae: {damaged} line(s) of {run_dir / METRICS_FILE} were no logged record (cut by a kill, or "
+                  f"damaged); moved to {run_dir / DAMAGED_METRICS_FILE}", file=stream or sys.stderr)
         member.log = open_log(member, start, stream, len(dataset))
     where = f"{device}" if not dist.enabled else (
         f"{dist.world_size} torchrun processes ({device.type}, {config.batch_size // dist.world_size} images each)")

@@ -134,6 +134,7 @@ def train_group(configs: Sequence[TrainConfig], streams: Sequence[TextIO]) -> li
     if len(streams) != len(configs):
         raise ConfigError(f"{len(configs)} configs but {len(streams)} log streams; give one stream per config.")
     check_group(configs)
+    configs = [config.with_absolute_paths() for config in configs]  # as train() saves them
     if distributed.from_environment().enabled:
         raise ConfigError("models trained together run in one process; start train_many (or betavae sweep --parallel) "
                           "without torchrun.")

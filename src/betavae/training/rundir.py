@@ -44,6 +44,8 @@ from betavae.training.config import CONFIG_FILE, TrainConfig
 # file of a run directory.
 
 METRICS_FILE = "metrics.jsonl"
+#: Lines of METRICS_FILE that are no logged record (cut by a kill, damaged), moved here on resume, not lost.
+DAMAGED_METRICS_FILE = "metrics-damaged.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.safetensors"
 DIAGNOSIS_FILE = "diagnosis.json"
@@ -70,8 +72,8 @@ TRAINING_CURVES_FIGURE = "training_curves.png"
 FIGURE_FILES = (TRAINING_CURVES_FIGURE, RECONSTRUCTIONS_FIGURE, SAMPLES_FIGURE, TRAVERSALS_FIGURE, TRAVERSALS_ANIMATION)
 
 # What betavae writes, for --overwrite: it replaces a directory holding nothing else.
-_RUN_FILES = {CONFIG_FILE, METRICS_FILE, MODEL_FILE, DIAGNOSIS_FILE, REPORT_FILE, EVALUATION_FILE, LOCK_FILE,
-              REFERENCE_FILE}
+_RUN_FILES = {CONFIG_FILE, METRICS_FILE, DAMAGED_METRICS_FILE, MODEL_FILE, DIAGNOSIS_FILE, REPORT_FILE, EVALUATION_FILE,
+              LOCK_FILE, REFERENCE_FILE}
 _CHECKPOINT_NAME = re.compile(r"step-\d{8}|\.tmp-step-\d{8}-\d+")  # complete, or being written
 _TENSORBOARD_EVENTS = "events.out.tfevents."
 
