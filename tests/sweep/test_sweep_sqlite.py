@@ -70,7 +70,7 @@ def test_changed_settings_need_another_study(toy_npz, tmp_path):
     open_study(spec)  # joining with the same settings adds nothing
     assert len(study.get_trials()) == 4
     changed = SweepSpec(out=spec.out, weights=[1.0, 4.0], seeds=[0, 1], base={**base, "lr": 0.01}, metric="mig")
-    with pytest.raises(ConfigError, match="started with other settings.*base"):
+    with pytest.raises(ConfigError, match=r"started with other settings \(base\.lr: unset -> 0\.01\)"):
         open_study(changed.validate())
 
 

@@ -140,7 +140,7 @@ def test_full_disk_stops_with_a_message_and_keeps_the_last_checkpoint(small_npy,
     assert (out / "model.safetensors").exists()
 
 
-def test_nonfinite_steps_stop_or_are_skipped(small_npy, tmp_path, monkeypatch):
+def test_nonfinite_steps_stop_or_are_skipped(small_npy, tmp_path, monkeypatch, capsys):
     from betavae.objectives.beta_vae import BetaVAE
 
     real_forward = BetaVAE.forward
@@ -150,13 +150,19 @@ def test_nonfinite_steps_stop_or_are_skipped(small_npy, tmp_path, monkeypatch):
         return (loss * float("nan"), logs) if step in (12, 13) else (loss, logs)
 
     monkeypatch.setattr(BetaVAE, "forward", poisoned)
-    with pytest.raises(TrainingError, match="NaN or infinite by step 15.*step-00000010, is kept"):
+    with pytest.raises(TrainingError, match="NaN or infinite by step 15.*step-00000010, is kept") as stopped:
         betavae.train(_config(small_npy, tmp_path / "stop"))
+    assert "--likelihood-scale" not in str(stopped.value)  # the Bernoulli likelihood has no scale to blame
     assert [p.name for p in list_checkpoints(tmp_path / "stop")] == ["step-00000010"]
+    with pytest.raises(TrainingError, match="likelihood scale too small \\(--likelihood-scale 0.1\\)"):
+        betavae.train(_config(small_npy, tmp_path / "gaussian", likelihood="gaussian"))
     run = betavae.train(_config(small_npy, tmp_path / "skip", skip_nonfinite=2))
     assert (run / "model.safetensors").exists()
+    capsys.readouterr()
     with pytest.raises(TrainingError, match="more than 1 steps had NaN"):
         betavae.train(_config(small_npy, tmp_path / "toomany", skip_nonfinite=1))
+    err = capsys.readouterr().err
+    assert "(1 of at most 1)" in err and "(2 of at most 1)" not in err
 
 
 def test_checkpoint_with_wrong_shapes_is_refused(small_npy, tmp_path):

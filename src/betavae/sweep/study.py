@@ -121,12 +121,33 @@ def _open(optuna: Any, spec: SweepSpec, url: str, engine_kwargs: dict[str, Any])
         if saved is None:  # the creator died before describing the study: adopt it
             study.set_user_attr(SPEC_ATTR, wanted)
         elif saved != wanted:
-            diff = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
             raise ConfigError(
                 f"study '{spec.name}' in {redact_url(spec.storage_url)} was started with other settings "
-                f"({', '.join(diff)} differ); run the same command as before, or use another --out / --study-name."
+                f"({'; '.join(_differences(saved, wanted))}); run the same command as before, or use another --out / "
+                "--study-name."
             )
     return study
+
+
+def _differences(saved: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
+    """Each setting that differs, as ``name: then -> now`` (``base.lr: 0.001 -> 0.01``; absent as ``unset``)."""
+    out = []
+    for key in sorted(set(saved) | set(wanted)):
+        then, now = saved.get(key, _UNSET), wanted.get(key, _UNSET)
+        if then == now:
+            continue
+        if isinstance(then, dict) and isinstance(now, dict):
+            out += _differences(then, now, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}: {_setting(then)} -> {_setting(now)}")
+    return out
+
+
+_UNSET = object()
+
+
+def _setting(value: Any) -> str:
+    return "unset" if value is _UNSET else repr(value)
 
 
 def _serialize_sqlite(engine: Any) -> None:

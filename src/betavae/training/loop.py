@@ -579,9 +579,10 @@ def run_steps(members: list[Member], net: Any, store: Any, spec: dict[str, Any],
         if config.skip_nonfinite and not net.step_is_finite(None if dist.enabled else total):
             member = active[0]  # (models trained together take every step: skip_nonfinite is 0 for them)
             member.skipped += 1
-            member.log.message(f"betavae: step {step + 1}: loss or gradients are NaN/inf; step skipped "
-                               f"({member.skipped} of at most {config.skip_nonfinite})")
-            if member.skipped > config.skip_nonfinite:
+            if member.skipped <= config.skip_nonfinite:
+                member.log.message(f"betavae: step {step + 1}: loss or gradients are NaN/inf; step skipped "
+                                   f"({member.skipped} of at most {config.skip_nonfinite})")
+            else:
                 raise TrainingError(
                     f"more than {config.skip_nonfinite} steps had NaN/inf loss or gradients (--skip-nonfinite); "
                     f"lower --lr (now {config.lr:g}) or β and train again."
@@ -668,8 +669,11 @@ def _check_finite(due: list[tuple[int, Member]], net: Any, step: int, dist: Dist
                 else "No checkpoint had been written yet.")
         member.error = TrainingError(
             f"the loss or the weights became NaN or infinite by step {step}. Likely causes: a learning rate too high "
-            f"(--lr {c.lr:g}), a very large regularisation weight ({member.objective.weight_label()}), or a likelihood "
-            f"scale too small (--likelihood-scale {c.likelihood_scale:g}). {kept} Lower --lr and train again, or "
+            f"(--lr {c.lr:g}){' or' if c.likelihood == 'bernoulli' else ','} a very large regularisation weight "
+            f"({member.objective.weight_label()})"
+            + ("" if c.likelihood == "bernoulli"  # the Bernoulli likelihood has no scale
+               else f", or a likelihood scale too small (--likelihood-scale {c.likelihood_scale:g})")
+            + f". {kept} Lower --lr and train again, or "
             + ("train this model alone with --skip-nonfinite N" if together else "pass --skip-nonfinite N")
             + " to skip a few bad steps."
         )
