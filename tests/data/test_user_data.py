@@ -249,3 +249,17 @@ def test_a_damaged_npy_header_is_a_data_error_naming_the_file(tmp_path, damage):
     for read in (load_array_file, memmap_npy, lambda p: load_dataset(path=p)):
         with pytest.raises(DataError, match="images.npy.*(truncated or corrupt)"):
             read(path)
+
+
+def test_a_file_that_is_no_npy_array_is_named_so_and_a_pickled_one_as_pickled(tmp_path):
+    from betavae.data.arrays import load_array_file
+
+    text = tmp_path / "x.npy"
+    text.write_text("these are not images\n")
+    for read in (load_array_file, lambda p: load_dataset(path=p)):
+        with pytest.raises(DataError, match=r"x.npy is not a .npy array file \(it does not begin as np.save"):
+            read(text)
+    pickled = tmp_path / "objects.npy"
+    np.save(pickled, np.array([{"a": 1}, {"b": 2}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="objects.npy holds pickled Python objects"):
+        load_array_file(pickled)

@@ -218,3 +218,15 @@ def test_a_relative_data_path_is_saved_absolute_so_the_run_reads_the_same_data_f
     assert len(dataset_from_config(TrainConfig.load(run))) == len(np.load(small_npy))
     betavae.resume(run, steps=10)
     assert [r["step"] for r in read_metrics(run)][-1] == 10
+
+
+def test_a_run_path_that_is_a_file_is_named_a_file(tmp_path):
+    from betavae.errors import CheckpointError
+    from betavae.training import TrainConfig
+
+    notes = tmp_path / "c7"
+    notes.write_text("hi\n")
+    with pytest.raises(CheckpointError, match="c7 is a file, not a betavae run directory"):
+        TrainConfig.load(notes)
+    with pytest.raises(CheckpointError, match="c7 is a file, not a betavae run directory"):
+        evaluate_run(notes, metrics="mig")

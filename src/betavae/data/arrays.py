@@ -104,6 +104,11 @@ def load_array_file(path: Path) -> np.ndarray:
     """The image array stored in a ``.npy`` file or under ``images``/``imgs`` in a ``.npz``."""
     try:
         if path.suffix == ".npy":
+            with open(path, "rb") as f:
+                magic = f.read(len(np.lib.format.MAGIC_PREFIX))
+            if magic != np.lib.format.MAGIC_PREFIX:  # else NumPy would try it as a pickle, and say so
+                raise DataError(f"{path} is not a .npy array file (it does not begin as np.save writes one); save "
+                                "the images with numpy.save, or give a folder of image files.")
             return np.load(path, allow_pickle=False)
         with open_npz(path) as npz:
             for key in ("images", "imgs", "x"):

@@ -273,6 +273,9 @@ class TrainConfig:
                                   "directory?") from None
         if not found:
             raise CheckpointError(f"{shown(path, 200)} does not exist; is {shown(run_dir, 200)} a betavae run directory?")
+        if path.suffix.lower() != ".json":
+            raise CheckpointError(f"{shown(path, 200)} is a file, not a betavae run directory (a folder holding "
+                                  f"{CONFIG_FILE}); give the run's folder.")
         try:
             values = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
