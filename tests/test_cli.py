@@ -229,3 +229,80 @@ def test_evaluate_prints_the_pairs_of_factors_and_their_angle(degrees):
     assert f"  f3 and f4: z1 and z4, {degrees:.0f}°" in text
     assert ("(turned)" in text) == (degrees >= 10) and ("MIG scores low" in text) == (degrees >= 10)
     assert _pairs_summary({"factor_pairs": []}) == "" and _pairs_summary({}) == ""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished 5-step run on 1-channel 64x64 images, with its logs and diagnosis, no figures."""
+    import betavae
+    from betavae.data.dsprites import DSprites, render
+
+    data = tmp_path_factory.mktemp("data") / "images.npy"
+    np.save(data, render(DSprites().sample_factors(64, np.random.default_rng(0))))
+    return betavae.train(betavae.TrainConfig(data=str(data), steps=5, batch_size=16, latents=3, log_every=5,
+                                             out=str(tmp_path_factory.mktemp("runs") / "run"), figures=False))
+
+
+def _files(run):
+    return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.name != ".betavae.lock")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "report", "traverse"])
+def test_data_that_does_not_fit_the_model_is_one_line_before_any_work(command, tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data": None, "dataset": "color-dsprites"}))
+    before = _files(run)
+    assert main([command, str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"betavae: error: the images of {run}'s data (color-dsprites) have 3 channels of 64x64 "
+                          "pixels, but its model was trained on images with 1 channel of 64x64 pixels") and err.count("\n") == 1
+    assert "config.json back to the data the model was trained on" in err
+    assert _files(run) == before  # no figure, report or evaluation written
+
+
+def test_evaluate_refuses_a_device_as_train_does(tmp_path, capsys):
+    assert main(["train", "--device", "banana", "--out", str(tmp_path / "run")]) == 2
+    train_err = capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "no-run"), "--device", "banana"]) == 2
+    err = capsys.readouterr().err
+    assert err == train_err and err.startswith("betavae: error: unknown device 'banana'") and err.count("\n") == 1
+
+
+def test_evaluate_refuses_a_batch_size_beyond_the_machine(tiny_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr("betavae.metrics.run.device_memory", lambda device: (16 * 2**30, "this machine's memory"))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["evaluate", str(run), "--metrics", "unsupervised", "--batch-size", "1000000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("betavae: error: encoding 1,000,000,000 images per pass would need about") and err.count("\n") == 1
+    assert "this machine's memory is 16.0 GiB; lower --batch-size to at most" in err
+    assert main(["evaluate", str(run), "--batch-size", str(10**12)]) == 2
+    assert "--batch-size must be a whole number from 1 to 68,719,476,736" in capsys.readouterr().err
+    assert not (run / "evaluation.json").exists()
+
+
+@pytest.mark.parametrize("command, target, told", [
+    (["evaluate", "RUN"], "betavae.metrics.evaluate_run", "RUN/evaluation.json was left as it was"),
+    (["train", "--out", "RUN"], "betavae.training.train", "checkpoints written so far are kept (resume with "
+                                                          "'betavae train --resume RUN')"),
+    (["train", "--resume", "RUN"], "betavae.training.resume", "resume with 'betavae train --resume RUN'"),
+    (["sweep", "--beta", "1", "--seeds", "1", "--out", "RUN"], "betavae.sweep.run_sweep",
+     "the running ones were re-enqueued; run the same command again to finish the sweep"),
+    (["report", "RUN"], "betavae.report.run_report", "nothing else was changed"),
+])
+def test_ctrl_c_says_what_the_interrupted_command_left(command, target, told, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, interrupted)
+    run = str(tmp_path / "run")
+    assert main([run if arg == "RUN" else arg for arg in command]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("betavae: interrupted; ") and told.replace("RUN", run) in err and err.count("\n") == 1
+    assert ("--resume" in err) == (command[0] == "train")  # the training advice for training alone

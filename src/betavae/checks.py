@@ -1,13 +1,15 @@
-"""Checks of values every command takes the same way (seeds, paths to write to), each raising a
-:class:`~betavae.errors.ConfigError` that names the problem and the fix before anything is written."""
+"""Checks of values every command takes the same way (seeds, devices, paths to write to, a run's data
+against its model), each raising a :class:`~betavae.errors.BetaVAEError` that names the problem and
+the fix before anything is written."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from betavae.errors import ConfigError
+from betavae.errors import ConfigError, DataError
 
 #: The largest seed: torch, numpy and the checkpoint files all hold a seed as a signed 64-bit integer.
 MAX_SEED = 2**63 - 1
@@ -15,6 +17,8 @@ MAX_SEED = 2**63 - 1
 NAME_MAX, PATH_MAX = 255, 4096
 #: The most characters of a path a message shows.
 PATH_SHOWN = 200
+#: The highest CUDA device number: torch holds a device index in 8 bits (cuda:128 would wrap to cuda:-128).
+MAX_CUDA_INDEX = 127
 
 
 def one_line(text: str) -> str:
@@ -47,6 +51,40 @@ def check_seed(value: Any, name: str = "seed") -> int:
         raise ConfigError(f"{name} must be a whole number from 0 to 2**63 - 1 ({MAX_SEED}), got {shown(value)}; "
                           "any seed in that range works, e.g. 0.")
     return value
+
+
+def check_device(value: Any) -> str:
+    """``value`` if it names a device betavae runs on (auto, cpu, cuda, cuda:N), else a ConfigError."""
+    index = re.fullmatch(r"cuda:([0-9]{1,4})", value) if isinstance(value, str) else None
+    if value not in ("auto", "cpu", "cuda") and not (index and int(index[1]) <= MAX_CUDA_INDEX):
+        raise ConfigError(f"unknown device '{shown(value)}'; use auto, cpu, cuda or cuda:N "
+                          f"(N a device number from 0 to {MAX_CUDA_INDEX}).")
+    return value
+
+
+def check_data_fits_model(dataset: Any, model: Any, run_dir: str | os.PathLike[str]) -> None:
+    """A DataError unless the images of ``dataset`` have the shape ``model`` was trained on (the shape
+    its decoder draws), told before any image is encoded: a run whose config.json names other data
+    than the model's would otherwise fail inside the first convolution."""
+    import torch
+
+    parameter = next(model.parameters())
+    with torch.inference_mode():
+        trained = tuple(model.decode(torch.zeros(1, model.latents, device=parameter.device,
+                                                 dtype=parameter.dtype)).shape[1:])
+    given = tuple(int(v) for v in dataset.image_shape)
+    if given != trained:
+        name = getattr(dataset, "name", "data")
+        raise DataError(f"the images of {shown(run_dir, PATH_SHOWN)}'s data ({shown(name)}) have {_shape(given)}, but "
+                        f"its model was trained on images with {_shape(trained)}: the run's data has changed since "
+                        f"training; set 'data'/'dataset' (and 'image_size') in its config.json back to the data the "
+                        f"model was trained on.")
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    """An image shape ``(C, H, W)`` in words, e.g. ``1 channel of 64x64 pixels``."""
+    channels, *size = shape
+    return f"{channels} channel{'s' if channels != 1 else ''} of {'x'.join(map(str, size))} pixels"
 
 
 def check_output_path(path: str | os.PathLike[str], what: str = "--out") -> Path:

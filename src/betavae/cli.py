@@ -13,7 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from betavae import reference, training
-from betavae.checks import check_output_path, check_seed, one_line, shown
+from betavae.checks import check_data_fits_model, check_output_path, check_seed, one_line, shown
 from betavae.data import dataset_from_config
 from betavae.errors import BetaVAEError
 from betavae.training import rundir
@@ -209,7 +209,9 @@ def cmd_traverse(args: argparse.Namespace) -> int:
         raise BetaVAEError(f"{run_dir} has no finished training logs ({METRICS_FILE}, {DIAGNOSIS_FILE}); "
                            "finish or resume the run first.")
     diagnosis = _read_diagnosis(diagnosis_path, model.latents)
-    out = make_figures(run_dir, model, dataset_from_config(config), history, diagnosis, seed=args.seed)
+    dataset = dataset_from_config(config)
+    check_data_fits_model(dataset, model, run_dir)
+    out = make_figures(run_dir, model, dataset, history, diagnosis, seed=args.seed)
     print(f"figures written to {out}")
     return 0
 
@@ -483,9 +485,27 @@ def _main(argv: list[str] | None) -> int:
         print(f"betavae: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("betavae: interrupted; checkpoints written so far are kept (resume with 'betavae train --resume RUN').",
-              file=sys.stderr)
+        print(f"betavae: interrupted; {_interrupted(args)}", file=sys.stderr)
         return 130
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted (Ctrl-C) command left behind, and how to go on."""
+    if args.command in ("train", "demo"):
+        run = args.resume or (args.command == "train" and args.out) or "RUN"
+        return f"checkpoints written so far are kept (resume with 'betavae train --resume {shown(run, 200)}')."
+    if args.command == "evaluate":
+        return (f"{shown(Path(args.run) / EVALUATION_FILE, 200)} was left as it was (an evaluation writes it only "
+                "when it finishes); run the command again to evaluate.")
+    if args.command == "sweep":
+        return ("finished trials are kept and the running ones were re-enqueued; run the same command again to "
+                "finish the sweep.")
+    if args.command in ("report", "traverse"):
+        return ("figures drawn so far are kept (each is written whole) and nothing else was changed; run the "
+                "command again to finish.")
+    if args.command == "reference" and args.copy:
+        return f"the copy in {shown(args.copy[1], 200)} may be incomplete; remove it and copy again."
+    return "nothing was changed."
 
 
 if __name__ == "__main__":

@@ -114,3 +114,75 @@ def test_evaluation_tells_its_progress_and_the_printer_shows_it(run_dir):
     assert f"encoding {encoding[-1].total:,}/{encoding[-1].total:,} distinct images (100%)" in shown
     assert "metric 1/2: mig" in shown and "metric 2/2: unsupervised" in shown
     assert shown.count(" s\n") == 2  # each metric's seconds once it finished
+
+
+QUICK = {"mig": {"num_train": 300}, "unsupervised": {"num_train": 300}}
+
+
+def test_a_subset_keeps_the_other_metrics_of_an_earlier_evaluation_of_the_same_model(run_dir, capsys):
+    import hashlib
+
+    full = evaluate_run(run_dir, "mig,unsupervised", seed=1, params=QUICK, readback_images=150)
+    assert full["model"] == {"step": None, "sha256": hashlib.sha256((run_dir / MODEL_FILE).read_bytes()).hexdigest()}
+    assert full["kept_metrics"] == [] and "kept" not in capsys.readouterr().err
+    subset = evaluate_run(run_dir, "mig", seed=1, params={"mig": {"num_train": 200}}, readback_images=0)
+    assert json.loads((run_dir / "evaluation.json").read_text()) == subset
+    assert list(subset["metrics"]) == ["mig", "unsupervised"] and subset["kept_metrics"] == ["unsupervised"]
+    assert subset["metrics"]["unsupervised"] == full["metrics"]["unsupervised"]  # kept as it was
+    assert subset["metrics"]["mig"]["parameters"]["num_train"] == 200  # the one computed now replaces the earlier
+    assert subset["reconstructed_factors"] == full["reconstructed_factors"]  # same model and seed: still true
+    assert "kept unsupervised from the earlier evaluation.json" in capsys.readouterr().err
+    assert sorted(p.name for p in run_dir.glob("evaluation*")) == ["evaluation.json"]
+
+
+@pytest.mark.parametrize("change, why", [
+    ("seed", "is of seed 0"),
+    ("model", "is of another model"),
+    ("old record", "does not name its model"),
+    ("damaged", "is not readable JSON"),
+])
+def test_an_earlier_evaluation_of_another_model_or_seed_is_kept_aside_not_mixed(run_dir, change, why, capsys):
+    evaluate_run(run_dir, "unsupervised", seed=0, params=QUICK, readback_images=0)
+    path = run_dir / "evaluation.json"
+    if change == "model":
+        torch.manual_seed(1)
+        save_model(run_dir / MODEL_FILE, build_model("burgess", 4, (1, 64, 64)),
+                   {"arch": "burgess", "latents": 4, "image_shape": [1, 64, 64]}, step=7)
+    elif change == "old record":
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "model"}))
+    elif change == "damaged":
+        path.write_text('{"metrics": ')
+    earlier = path.read_bytes()
+    (run_dir / "evaluation-seed0-mean.json").write_text("a file of the user's")  # never overwritten
+    record = evaluate_run(run_dir, "mig", seed=1 if change == "seed" else 0, params=QUICK, readback_images=0)
+    assert list(record["metrics"]) == ["mig"] and record["kept_metrics"] == []
+    assert json.loads(path.read_text()) == record
+    kept_as = "evaluation-unreadable.json" if change == "damaged" else "evaluation-seed0-mean-2.json"
+    assert (run_dir / kept_as).read_bytes() == earlier
+    assert (run_dir / "evaluation-seed0-mean.json").read_text() == "a file of the user's"
+    err = capsys.readouterr().err
+    assert f"the earlier evaluation.json {why}" in err and f"kept as {kept_as}" in err and err.count("\n") == 1
+
+
+def test_evaluate_run_refuses_a_bad_device_and_batch_size_before_anything(run_dir, monkeypatch):
+    with pytest.raises(ConfigError, match="unknown device 'banana'; use auto, cpu, cuda or cuda:N"):
+        evaluate_run(run_dir, "mig", device="banana")
+    for bad in (0, 2**40, 2.5, True):
+        with pytest.raises(ConfigError, match="--batch-size must be a whole number from 1 to"):
+            evaluate_run(run_dir, "mig", batch_size=bad)
+    monkeypatch.setattr("betavae.metrics.run.device_memory", lambda device: (16 * 2**30, "this machine's memory"))
+    with pytest.raises(ConfigError, match=r"encoding 1,000,000,000 images per pass would need about .* but this "
+                                          r"machine's memory is 16.0 GiB; lower --batch-size to at most [0-9,]+ "):
+        evaluate_run(run_dir, "mig", batch_size=10**9, params=PARAMS)
+    assert not (run_dir / "evaluation.json").exists()
+
+
+def test_evaluate_run_refuses_data_that_does_not_fit_the_model(run_dir):
+    from betavae.errors import DataError
+
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "dataset": "color-dsprites"}))
+    with pytest.raises(DataError, match=r"data \(color-dsprites\) have 3 channels of 64x64 pixels, but its model was "
+                                        r"trained on images with 1 channel of 64x64 pixels: the run's data has changed"):
+        evaluate_run(run_dir, "mig", params=PARAMS)
+    assert not (run_dir / "evaluation.json").exists()

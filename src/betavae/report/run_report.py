@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from betavae import reference
-from betavae.checks import check_seed
+from betavae.checks import check_data_fits_model, check_seed
 from betavae.data import dataset_from_config
 from betavae.data.base import FactorDataset, ImageDataset
 from betavae.data.dsprites import DSprites
@@ -80,6 +80,8 @@ def _write_report(run_dir: Path, config: TrainConfig, model: VAE | None, dataset
             problems.append(f"the training data cannot be read: {exc}")
     if model is not None:
         model.eval()
+        if dataset is not None:
+            check_data_fits_model(dataset, model, run_dir)  # before any figure is drawn
     figures_dir = run_dir / FIGURES_DIR
     if (model is not None and dataset is not None and history and diagnosis
             and not all((figures_dir / name).is_file() for name in FIGURE_FILES)):

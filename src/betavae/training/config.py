@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from betavae.checks import check_input_path, check_output_path, check_seed, shown
+from betavae.checks import check_device, check_input_path, check_output_path, check_seed, shown
 from betavae.data import DATASETS, IMAGE_SIZES
 from betavae.errors import CheckpointError, ConfigError
 from betavae.files import write_json_atomic
@@ -35,7 +34,6 @@ PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 COMPILE_MODES = ("off", "on", "cudagraphs")
 LR_SCHEDULES = ("constant", "cosine")
 DECODER_INITS = ("default", "data")
-MAX_CUDA_INDEX = 127  # torch holds a device index in 8 bits: cuda:128 would wrap to cuda:-128
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -205,10 +203,7 @@ class TrainConfig:
             raise ConfigError(f"objective {self.objective} estimates batch statistics and needs --batch-size of at least "
                               f"{OBJECTIVES[self.objective].min_batch_size}, got {self.batch_size}.")
         check_seed(self.seed)
-        index = re.fullmatch(r"cuda:([0-9]{1,4})", self.device)
-        if self.device not in ("auto", "cpu", "cuda") and not (index and int(index[1]) <= MAX_CUDA_INDEX):
-            raise ConfigError(f"unknown device '{shown(self.device)}'; use auto, cpu, cuda or cuda:N "
-                              f"(N a device number from 0 to {MAX_CUDA_INDEX}).")
+        check_device(self.device)
         if self.time_limit is not None and not (math.isfinite(self.time_limit) and self.time_limit > 0):
             raise ConfigError(f"time_limit must be a number of minutes > 0, got {self.time_limit!r}.")
         if self.width is not None:
