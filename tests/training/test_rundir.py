@@ -230,3 +230,25 @@ def test_a_run_path_that_is_a_file_is_named_a_file(tmp_path):
         TrainConfig.load(notes)
     with pytest.raises(CheckpointError, match="c7 is a file, not a betavae run directory"):
         evaluate_run(notes, metrics="mig")
+
+
+def test_a_model_older_than_the_newest_checkpoint_is_said_so_by_evaluate_and_report(small_npy, tmp_path, capsys):
+    import shutil
+
+    from betavae.data import dataset_from_config
+    from betavae.report.run_report import run_report
+    from betavae.training import TrainConfig
+    from betavae.training.loop import behind_checkpoint
+
+    run = betavae.train(_config(small_npy, tmp_path / "run", steps=10))
+    assert behind_checkpoint(run) is None
+    # a resume to step 40 stopped after its checkpoint of step 20, before the final model was written
+    shutil.copytree(run / "checkpoints" / "step-00000010", run / "checkpoints" / "step-00000020")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "steps": 40}))
+    assert behind_checkpoint(run) == (10, 20)
+    capsys.readouterr()
+    evaluate_run(run, metrics="unsupervised")
+    assert "model.safetensors is of step 10, but training went on to a checkpoint of step 20" in capsys.readouterr().err
+    html = run_report(run, betavae.load(run), dataset_from_config(TrainConfig.load(run))).read_text()
+    assert "trained for 10 of its 40 steps" in html and "betavae train --resume" in html

@@ -27,7 +27,7 @@ from betavae.metrics.evaluate import EvaluationProgress, Progress, evaluate_with
 from betavae.training import rundir
 from betavae.training.config import TrainConfig
 from betavae.training.distributed import SINGLE, device_for
-from betavae.training.loop import model_step
+from betavae.training.loop import behind_checkpoint_note, model_step
 from betavae.training.memory import GIB, MAX_SIZE, device_memory, layer_outputs
 from betavae.training.rundir import EVALUATION_FILE, MODEL_FILE, refuse_writes
 
@@ -140,6 +140,9 @@ def evaluate_run(run_dir: str | Path, metrics: str | Iterable[str] = "all", seed
     config = TrainConfig.load(run_dir)
     with rundir.lock(run_dir):  # refused while the run trains (or is evaluated) elsewhere
         model = betavae.load(run_dir, device_for(device, SINGLE))
+        behind = behind_checkpoint_note(run_dir)
+        if behind:
+            print(f"betavae evaluate: note: {behind}", file=sys.stderr, flush=True)
         identity = model_identity(run_dir)
         dataset = dataset_from_config(config)  # the run's own data, factors included
         check_data_fits_model(dataset, model, run_dir)

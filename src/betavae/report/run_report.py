@@ -34,6 +34,7 @@ from betavae.report.html import Section, empty, esc, figure, fmt_number, img, im
 from betavae.training import load, rundir
 from betavae.training.config import TrainConfig
 from betavae.training.diagnostics import run_episodes
+from betavae.training.loop import behind_checkpoint, behind_checkpoint_note
 from betavae.training.logging import read_metrics
 from betavae.training.rundir import (DIAGNOSIS_FILE, EVALUATION_FILE, FIGURE_FILES, FIGURES_DIR, RECONSTRUCTIONS_FIGURE,
                                      REPORT_FILE, SAMPLES_FIGURE, TRAINING_CURVES_FIGURE, TRAVERSALS_ANIMATION,
@@ -155,13 +156,17 @@ def _data_words(config: TrainConfig, dataset: ImageDataset | None) -> str:
 
 def _intro(config: TrainConfig, run_dir: Path, dataset: ImageDataset | None, diagnosis: dict[str, Any] | None) -> str:
     weight = f" ({esc(diagnosis['weight'])})" if diagnosis and diagnosis.get("weight") else ""
+    behind = behind_checkpoint(run_dir)
+    trained = f"{config.steps:,} steps" if behind is None else f"{behind[0]:,} of its {config.steps:,} steps"
     text = (f"{_objective_words(config.objective)}{weight} with {config.latents} latent dims, trained for "
-            f"{config.steps:,} steps on {_data_words(config, dataset)}.")
+            f"{trained} on {_data_words(config, dataset)}.")
     if diagnosis:
         text += (f" At step {diagnosis['step']:,}: reconstruction {diagnosis['reconstruction']:.4g} nats per image, "
                  f"KL {diagnosis['kl']:.3g} nats, {len(diagnosis['active_dims'])} of {len(diagnosis['kl_per_dim'])} "
                  "dims active.")
-    return f"<p>{text}</p><p>Run directory <code>{esc(run_dir.resolve())}</code>.</p>"
+    note = behind_checkpoint_note(run_dir)
+    warning = f'<p class="note">{esc(note)}</p>' if note else ""
+    return f"<p>{text}</p>{warning}<p>Run directory <code>{esc(run_dir.resolve())}</code>.</p>"
 
 
 def _config_section(config: TrainConfig, dataset: ImageDataset | None, history: list[dict[str, Any]],

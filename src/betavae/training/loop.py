@@ -752,6 +752,27 @@ def model_step(path: Path) -> int | None:
         return None
 
 
+def behind_checkpoint(run_dir: Path) -> tuple[int, int] | None:
+    """``(model step, newest checkpoint step)`` when the run's final model is older than its newest checkpoint
+    (a resume stopped before it finished, so the model is not what training reached); None when the model is
+    of that step or later, or when there is no checkpoint or the model file does not say its step."""
+    step = model_step(Path(run_dir) / MODEL_FILE)
+    checkpoints = list_checkpoints(Path(run_dir))
+    if step is None or not checkpoints or rundir.checkpoint_step(checkpoints[-1]) <= step:
+        return None
+    return step, rundir.checkpoint_step(checkpoints[-1])
+
+
+def behind_checkpoint_note(run_dir: Path) -> str | None:
+    """:func:`behind_checkpoint` in words, with the way to finish the run; None when the model is current."""
+    behind = behind_checkpoint(run_dir)
+    if behind is None:
+        return None
+    return (f"{run_dir}'s model.safetensors is of step {behind[0]:,}, but training went on to a checkpoint of step "
+            f"{behind[1]:,} (a resume stopped before it finished): this uses the step-{behind[0]:,} model; "
+            f"'betavae train --resume {run_dir}' finishes the run.")
+
+
 def load(run_dir: str | Path, device: str | torch.device = "cpu") -> VAE:
     """The trained model of a run (its final weights), in eval mode on ``device``."""
     path = Path(run_dir) / MODEL_FILE if Path(run_dir).is_dir() else Path(run_dir)
