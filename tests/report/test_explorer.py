@@ -360,3 +360,15 @@ def test_make_server_refuses_a_port_out_of_range(explorer):
     for port in (-1, 65536, 70000):
         with pytest.raises(ConfigError, match="between 0 and 65535"):
             make_server(explorer, "127.0.0.1", port)
+
+
+def test_data_that_does_not_fit_the_model_leaves_the_explorer_on_the_prior(beta_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(beta_run, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data": None, "dataset": "color-dsprites"}))
+    explored = Explorer(run)  # 3-channel images for a 1-channel model: no dataset, and the reason kept
+    assert explored.dataset is None
+    assert "have 3 channels of 64x64 pixels, but its model was trained on images with 1 channel" in explored.data_problem

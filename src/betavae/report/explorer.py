@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from betavae.checks import check_data_fits_model
 from betavae.data import dataset_from_config
 from betavae.data.base import ImageDataset
 from betavae.errors import BetaVAEError, ConfigError
@@ -121,8 +122,9 @@ class Explorer:
         if dataset is None:
             try:
                 dataset = dataset_from_config(self.config)
+                check_data_fits_model(dataset, self.model, self.run_dir)
             except BetaVAEError as exc:  # the page still works from the prior
-                self.data_problem = str(exc)
+                dataset, self.data_problem = None, str(exc)
         self.dataset = dataset
         self.max_abs = max_abs
         self.kl_per_dim = self._kl_per_dim()
