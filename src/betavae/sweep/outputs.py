@@ -206,13 +206,7 @@ def plot_tradeoff(path: Path, trials: list[dict[str, Any]], metric: str, weight_
         xs = [r["weight"] for r in shown]
         ax.errorbar(xs, [stats(r, name)["mean"] for r in shown], yerr=[stats(r, name)["std"] for r in shown],
                     color="k", marker="D", ms=4, capsize=4, lw=1)
-        if chosen is not None:
-            ax.axvline(chosen, color="crimson", ls="--", lw=1, alpha=0.8)
-        if xs and min(xs) > 0 and max(xs) / min(xs) >= 8:
-            ax.set_xscale("log")
-            ax.set_xticks(xs, [f"{w:g}" for w in xs])
-            ax.minorticks_off()
-        ax.set_xlabel(weight_symbol)
+        _weight_axis(ax, xs, chosen, weight_symbol)
         ax.set_ylabel(label)
         ax.set_title(f"{label} against {weight_symbol}\n(mean ± std over seeds)", fontsize=10)
         ax.grid(alpha=0.3)
@@ -222,6 +216,18 @@ def plot_tradeoff(path: Path, trials: list[dict[str, Any]], metric: str, weight_
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
+
+
+def _weight_axis(ax: Any, weights: list[float], chosen: float | None, weight_symbol: str) -> None:
+    """A panel's horizontal axis of weights: the recommended one dashed, a log scale when they span a factor of
+    8 or more (ticked at the weights)."""
+    if chosen is not None:
+        ax.axvline(chosen, color="crimson", ls="--", lw=1, alpha=0.8)
+    if weights and min(weights) > 0 and max(weights) / min(weights) >= 8:
+        ax.set_xscale("log")
+        ax.set_xticks(weights, [f"{w:g}" for w in weights])
+        ax.minorticks_off()
+    ax.set_xlabel(weight_symbol)
 
 
 def _plot_readback(ax: Any, trials: list[dict[str, Any]], rows: list[dict[str, Any]], factors: list[str],
@@ -242,14 +248,8 @@ def _plot_readback(ax: Any, trials: list[dict[str, Any]], rows: list[dict[str, A
                     lw=1.2, label=factor)
         if isinstance(floors.get(factor), (int, float)):
             ax.axhline(100 * floors[factor], color=colours(i % 10), ls=":", lw=1)
-    if chosen is not None:
-        ax.axvline(chosen, color="crimson", ls="--", lw=1, alpha=0.8)
-    if xs and min(xs) > 0 and max(xs) / min(xs) >= 8:
-        ax.set_xscale("log")
-        ax.set_xticks(xs, [f"{w:g}" for w in xs])
-        ax.minorticks_off()
+    _weight_axis(ax, xs, chosen, weight_symbol)
     ax.set_ylim(0, 104)
-    ax.set_xlabel(weight_symbol)
     ax.set_ylabel("reconstructions that show the factor (%)")
     ax.set_title(f"factors the reconstructions show, against {weight_symbol}\n(mean ± std over seeds; "
                  "dotted: code ignored)", fontsize=10)
