@@ -164,8 +164,7 @@ def _intro(config: TrainConfig, run_dir: Path, dataset: ImageDataset | None, dia
         text += (f" At step {diagnosis['step']:,}: reconstruction {diagnosis['reconstruction']:.4g} nats per image, "
                  f"KL {diagnosis['kl']:.3g} nats, {len(diagnosis['active_dims'])} of {len(diagnosis['kl_per_dim'])} "
                  "dims active.")
-    note = behind_checkpoint_note(run_dir)
-    warning = f'<p class="note">{esc(note)}</p>' if note else ""
+    warning = f'<p class="note">{esc(behind_checkpoint_note(run_dir, behind))}</p>' if behind else ""
     return f"<p>{text}</p>{warning}<p>Run directory <code>{esc(run_dir.resolve())}</code>.</p>"
 
 

@@ -763,9 +763,10 @@ def behind_checkpoint(run_dir: Path) -> tuple[int, int] | None:
     return step, rundir.checkpoint_step(checkpoints[-1])
 
 
-def behind_checkpoint_note(run_dir: Path) -> str | None:
-    """:func:`behind_checkpoint` in words, with the way to finish the run; None when the model is current."""
-    behind = behind_checkpoint(run_dir)
+def behind_checkpoint_note(run_dir: Path, behind: tuple[int, int] | None = None) -> str | None:
+    """:func:`behind_checkpoint` (or ``behind``, when already known) in words, with the way to finish the run;
+    None when the model is current."""
+    behind = behind or behind_checkpoint(run_dir)
     if behind is None:
         return None
     return (f"{run_dir}'s model.safetensors is of step {behind[0]:,}, but training went on to a checkpoint of step "
