@@ -25,14 +25,7 @@ def truncate_metrics(run_dir: Path, last_step: int) -> int:
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return 0
-    pairs = _parse(path)
-    records = Counter(line for line, _ in pairs)
-    damaged = []
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-        if records[line] > 0:
-            records[line] -= 1
-        elif line.strip():
-            damaged.append(line)
+    pairs, damaged = _parse_lines(path)
     if damaged:
         aside = Path(run_dir) / DAMAGED_METRICS_FILE
         before = aside.read_bytes().decode("utf-8", errors="replace") if aside.exists() else ""
@@ -64,23 +57,30 @@ def _current_names(record: dict[str, Any]) -> dict[str, Any]:
 def _parse(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """(line, record) pairs; a line that is no record betavae writes (a partial last line after a kill during
     a write, or a damaged one) is dropped. A file that cannot be read is a :class:`TrainingError` naming it."""
+    return _parse_lines(path)[0]
+
+
+def _parse_lines(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """:func:`_parse`'s pairs, and the lines it drops (blank ones aside), in file order."""
     try:
         text = path.read_bytes().decode("utf-8", errors="replace")
     except OSError as exc:
         raise TrainingError(f"cannot read {path} ({exc.strerror or exc}); it should be the run's training log, "
                             "a file of one JSON record per line. Move it aside to go on without it.") from exc
-    pairs = []
+    parsed: list[tuple[str, dict[str, Any] | None]] = []
     for line in text.splitlines():
         try:
             record = json.loads(line)
         except ValueError:
-            continue
-        if _is_record(record):
-            pairs.append((line, record))
-    if pairs:  # every record has one KL per latent dim: a line with another count is damaged
-        latents = Counter(len(record["kl_per_dim"]) for _, record in pairs).most_common(1)[0][0]
-        pairs = [(line, record) for line, record in pairs if len(record["kl_per_dim"]) == latents]
-    return pairs
+            record = None
+        parsed.append((line, record if _is_record(record) else None))
+    counts = Counter(len(record["kl_per_dim"]) for _, record in parsed if record is not None)
+    # every record has one KL per latent dim: a line with another count is damaged
+    latents = counts.most_common(1)[0][0] if counts else None
+    pairs = [(line, record) for line, record in parsed if record is not None and len(record["kl_per_dim"]) == latents]
+    dropped = [line for line, record in parsed
+               if line.strip() and (record is None or len(record["kl_per_dim"]) != latents)]
+    return pairs, dropped
 
 
 def _is_number(value: Any) -> bool:
